@@ -1,0 +1,16 @@
+"""anm_fast: fast, fused Adversarial Noisy Masking for training classifiers on noisy labels."""
+from . import _ext
+from ._checks import set_checks
+from ._ext import extension_error, has_cuda_kernels, has_extension
+from .api import (Boxes, Erased, MaskBatch, Peaks, activation_peaks, anm_mask, erase_and_modulate,
+                  sample_boxes)
+from .config import ANMConfig
+from . import reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANMConfig", "Boxes", "Erased", "MaskBatch", "Peaks", "activation_peaks", "anm_mask",
+    "erase_and_modulate", "sample_boxes", "set_checks", "has_extension", "has_cuda_kernels",
+    "extension_error", "reference",
+]

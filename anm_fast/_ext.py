@@ -1,0 +1,56 @@
+"""Loads the compiled extension `anm_fast._C` if it is there and usable.
+
+Import of anm_fast never fails because the extension did not build: the ops then fall back to
+the pure-PyTorch reference (anm_fast/reference.py) and a warning says so, once.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+_LOADED = False
+_ERROR: str | None = None
+
+
+def _load() -> None:
+    global _LOADED, _ERROR
+    if os.environ.get("ANM_FAST_DISABLE_EXTENSION", "") == "1":
+        _ERROR = "disabled by ANM_FAST_DISABLE_EXTENSION=1"
+        return
+    try:
+        from . import _C  # noqa: F401  (registers the ops with the dispatcher)
+    except ImportError as exc:
+        msg = str(exc)
+        if "undefined symbol" in msg or "version" in msg.lower():
+            msg = (f"{msg}\nThe compiled extension does not match the installed torch "
+                   f"{torch.__version__}: it was built against another version. Rebuild it with "
+                   f"`pip install --no-build-isolation -e .`.")
+        _ERROR = msg
+        warnings.warn(
+            f"anm_fast: the compiled extension could not be loaded, so the slower pure-PyTorch "
+            f"reference serves every op. Reason: {msg}", RuntimeWarning, stacklevel=3)
+        return
+    _LOADED = True
+
+
+def has_extension() -> bool:
+    """True when the C++ (and possibly CUDA) kernels are loaded."""
+    return _LOADED
+
+
+def extension_error() -> str | None:
+    return _ERROR
+
+
+def has_cuda_kernels() -> bool:
+    """True when the compiled extension registered CUDA kernels for every op."""
+    if not _LOADED:
+        return False
+    from ._ops import OP_NAMES
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"anm_fast::{name}", "CUDA")
+               for name in OP_NAMES)
+
+
+_load()

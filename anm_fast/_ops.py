@@ -1,0 +1,116 @@
+"""torch.library registration: schemas (C++ or fallback), fake kernels, autograd.
+
+The schemas live in csrc/ops.cpp. When the compiled extension is missing, the same schemas are
+defined here and the reference serves them on every device, so `torch.ops.anm_fast.*` always
+exists. Fake kernels give torch.compile the exact shapes, dtypes and strides the real kernels
+produce; autograd is registered on the op, so the ops work inside torch.compile(fullgraph=True).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _ext, reference
+
+OP_NAMES = ("activation_peaks", "sample_boxes", "erase_and_modulate",
+            "erase_and_modulate_backward")
+
+# Kept identical to csrc/ops.cpp (a test compares them when the extension is loaded).
+SCHEMAS = {
+    "activation_peaks": "(Tensor fmap, int height, int width, float band) -> "
+                        "(Tensor peak_max, Tensor peak_min, Tensor energy)",
+    "sample_boxes": "(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
+                    "Tensor seed, int height, int width, int channels, float area_lo, "
+                    "float area_hi, float quality_gain, float aspect_lo, float area_scale, "
+                    "bool center_anchor, bool uniform_fill, Tensor fill_value) -> "
+                    "(Tensor box_max, Tensor box_min, Tensor ratio, Tensor fill_max, "
+                    "Tensor fill_min)",
+    "erase_and_modulate": "(Tensor x, Tensor targets, Tensor box_max, Tensor box_min, "
+                          "Tensor fill_max, Tensor fill_min, Tensor ratio, float label_gain) -> "
+                          "(Tensor erased, Tensor targets_out)",
+    "erase_and_modulate_backward": "(Tensor grad_erased, Tensor grad_targets, Tensor targets, "
+                                   "Tensor box_max, Tensor box_min, Tensor ratio, "
+                                   "float label_gain) -> (Tensor grad_x, Tensor grad_targets_in)",
+}
+
+_fallback_lib = None
+if not _ext.has_extension():
+    # No compiled kernels: define the schemas here and let the reference serve every device.
+    _fallback_lib = torch.library.Library("anm_fast", "DEF")
+    for _name in OP_NAMES:
+        _fallback_lib.define(_name + SCHEMAS[_name])
+        _fallback_lib.impl(_name, getattr(reference, _name), "CompositeExplicitAutograd")
+
+ops = torch.ops.anm_fast
+
+
+def _reference_cuda_fallback() -> None:
+    """Give CUDA tensors the reference when the extension carries no CUDA kernel for an op."""
+    if not _ext.has_extension():
+        return
+    for name in OP_NAMES:
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"anm_fast::{name}", "CUDA"):
+            torch.library.register_kernel(f"anm_fast::{name}", "cuda", getattr(reference, name))
+
+
+_reference_cuda_fallback()
+
+
+# ----------------------------------------------------------------------------------- fake kernels
+@torch.library.register_fake("anm_fast::activation_peaks")
+def _activation_peaks_fake(fmap, height, width, band):
+    B, _, h, w = fmap.shape
+    peak = fmap.new_empty((B, 2), dtype=torch.int64)
+    return peak, fmap.new_empty((B, 2), dtype=torch.int64), fmap.new_empty((B, h, w),
+                                                                           dtype=torch.float32)
+
+
+@torch.library.register_fake("anm_fast::sample_boxes")
+def _sample_boxes_fake(peak_max, peak_min, quality, sample_ids, seed, height, width, channels,
+                       area_lo, area_hi, quality_gain, aspect_lo, area_scale, center_anchor,
+                       uniform_fill, fill_value):
+    B = peak_max.shape[0]
+    box = lambda: peak_max.new_empty((B, 4), dtype=torch.int64)  # noqa: E731
+    fill = lambda: peak_max.new_empty((B, channels), dtype=torch.float32)  # noqa: E731
+    return box(), box(), peak_max.new_empty((B,), dtype=torch.float32), fill(), fill()
+
+
+@torch.library.register_fake("anm_fast::erase_and_modulate")
+def _erase_and_modulate_fake(x, targets, box_max, box_min, fill_max, fill_min, ratio, label_gain):
+    B, C, H, W = x.shape
+    erased = torch.empty((2 * B, C, H, W), dtype=x.dtype, device=x.device,
+                         memory_format=reference.erased_memory_format(x))
+    return erased, torch.empty(targets.shape, dtype=targets.dtype, device=targets.device)
+
+
+@torch.library.register_fake("anm_fast::erase_and_modulate_backward")
+def _erase_and_modulate_backward_fake(grad_erased, grad_targets, targets, box_max, box_min, ratio,
+                                      label_gain):
+    twoB, C, H, W = grad_erased.shape
+    grad_x = torch.empty((twoB // 2, C, H, W), dtype=grad_erased.dtype, device=grad_erased.device,
+                         memory_format=reference.erased_memory_format(grad_erased))
+    return grad_x, torch.empty(targets.shape, dtype=grad_targets.dtype, device=grad_targets.device)
+
+
+# ---------------------------------------------------------------------------------------- autograd
+def _erase_setup_context(ctx, inputs, output):
+    x, targets, box_max, box_min, _fill_max, _fill_min, ratio, label_gain = inputs
+    ctx.save_for_backward(targets, box_max, box_min, ratio)
+    ctx.label_gain = label_gain
+    ctx.x_shape = x.shape
+    ctx.x_dtype = x.dtype
+
+
+def _erase_backward(ctx, grad_erased, grad_targets):
+    targets, box_max, box_min, ratio = ctx.saved_tensors
+    if grad_erased is None:
+        B, C, H, W = ctx.x_shape
+        grad_erased = targets.new_zeros((2 * B, C, H, W), dtype=ctx.x_dtype)
+    if grad_targets is None:
+        grad_targets = torch.zeros_like(targets)
+    grad_x, grad_t = ops.erase_and_modulate_backward(grad_erased, grad_targets, targets, box_max,
+                                                     box_min, ratio, ctx.label_gain)
+    return grad_x, grad_t, None, None, None, None, None, None
+
+
+torch.library.register_autograd("anm_fast::erase_and_modulate", _erase_backward,
+                                setup_context=_erase_setup_context)

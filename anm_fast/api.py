@@ -1,0 +1,211 @@
+"""The public ANM operations: checked arguments in, named results out.
+
+Each function validates its arguments (anm_fast/_checks.py) and calls one registered operator
+(`torch.ops.anm_fast.*`), so it runs on the fastest kernel for the tensors' device, under
+autograd, and inside torch.compile(fullgraph=True).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import _checks as chk
+from ._ops import ops
+from .config import ANMConfig
+
+
+class Peaks(NamedTuple):
+    peak_max: torch.Tensor  # (B, 2) int64, (row, col) in image coordinates
+    peak_min: torch.Tensor  # (B, 2) int64
+    energy: torch.Tensor    # (B, h, w) float32, L2-normalised activation energy
+
+
+class Boxes(NamedTuple):
+    box_max: torch.Tensor   # (B, 4) int64: y0, x0, height, width
+    box_min: torch.Tensor   # (B, 4) int64
+    ratio: torch.Tensor     # (B,) float32, the mask ratio s
+    fill_max: torch.Tensor  # (B, C) float32
+    fill_min: torch.Tensor  # (B, C) float32
+
+
+class Erased(NamedTuple):
+    erased: torch.Tensor    # (2B, C, H, W): B max-erased copies, then B min-erased copies
+    targets: torch.Tensor   # (B, N) modulated soft targets
+
+
+class MaskBatch(NamedTuple):
+    erased: torch.Tensor
+    targets: torch.Tensor
+    box_max: torch.Tensor
+    box_min: torch.Tensor
+    ratio: torch.Tensor
+    fill_max: torch.Tensor
+    fill_min: torch.Tensor
+    peak_max: torch.Tensor
+    peak_min: torch.Tensor
+    energy: torch.Tensor
+    seed: torch.Tensor      # 0-d int64: replays the same boxes with sample_boxes(seed=...)
+
+
+def activation_peaks(fmap: torch.Tensor, image_size, *, band: float = 0.0) -> Peaks:
+    """Stage 1: the L2-normalised energy map of `fmap` and the peaks of its bilinear resize to
+    `image_size` (first row-major pixel within band * range of the max / min)."""
+    fmap = chk.float_tensor(fmap, "fmap", 4, "(B, K, h, w)")
+    if 0 in fmap.shape:
+        raise ValueError(f"fmap must be non-empty, got shape {tuple(fmap.shape)}")
+    H, W = chk.image_size(image_size)
+    result = Peaks(*ops.activation_peaks(fmap.detach(), H, W, chk.band(band)))
+    chk.finite_energy(result.energy)
+    return result
+
+
+def _seed_tensor(seed, device) -> torch.Tensor:
+    if seed is None:
+        # Drawn from torch's default generator, so torch.manual_seed makes runs repeatable.
+        return torch.randint(0, 2**62, (), dtype=torch.int64).to(device)
+    if isinstance(seed, torch.Tensor):
+        if seed.numel() != 1 or seed.dtype.is_floating_point or seed.dtype == torch.bool:
+            raise ValueError(f"seed must be an int or a one-element integer tensor, got "
+                             f"{seed.dtype} tensor of shape {tuple(seed.shape)}")
+        return seed.reshape(()).to(device=device, dtype=torch.int64)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, an integer tensor or None, got {type(seed).__name__}")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
+    if seed >= 2**63:
+        seed -= 2**64
+    return torch.tensor(seed, dtype=torch.int64, device=device)
+
+
+def _sample_ids(sample_ids, B: int, device) -> torch.Tensor:
+    if sample_ids is None:
+        return torch.arange(B, device=device, dtype=torch.int64)
+    ids = chk.int_tensor(sample_ids, "sample_ids", "(B,)", (B,))
+    chk.same_device("the batch", torch.empty(0, device=device), sample_ids=ids)
+    return ids.to(torch.int64)
+
+
+def _quality(quality, B: int, device) -> torch.Tensor:
+    if isinstance(quality, (int, float)) and not isinstance(quality, bool):
+        quality = torch.full((B,), float(quality), device=device)
+    q = chk.tensor(quality, "quality")
+    if not q.dtype.is_floating_point:
+        raise TypeError(f"quality must be a floating tensor of values in [0, 1], got {q.dtype}")
+    if tuple(q.shape) != (B,):
+        raise ValueError(f"quality must have shape (B,) = ({B},), got {tuple(q.shape)}")
+    chk.same_device("the batch", torch.empty(0, device=device), quality=q)
+    chk.quality_values(q)
+    return q.detach().to(torch.float32)
+
+
+def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_size,
+                 channels: int, *, config: Optional[ANMConfig] = None, seed=None,
+                 sample_ids: Optional[torch.Tensor] = None) -> Boxes:
+    """Stage 2: one box per peak, sized by the label quality, from each sample's random stream
+    (Philox keyed by `seed`, counter = sample id): the same sample gets the same box in any batch,
+    on any device."""
+    config = ANMConfig() if config is None else config
+    if not isinstance(config, ANMConfig):
+        raise TypeError(f"config must be an ANMConfig, got {type(config).__name__}")
+    pmax = chk.tensor(peak_max, "peak_max")
+    if pmax.dim() != 2 or pmax.shape[1] != 2:
+        raise ValueError(f"peak_max must be (B, 2), got shape {tuple(pmax.shape)}")
+    B = pmax.shape[0]
+    pmax = chk.int_tensor(pmax, "peak_max", "(B, 2)", (B, 2))
+    pmin = chk.int_tensor(peak_min, "peak_min", "(B, 2)", (B, 2))
+    chk.same_device("peak_max", pmax, peak_min=pmin)
+    H, W = chk.image_size(image_size)
+    C = chk.positive_int(channels, "channels")
+    chk.peaks_inside(pmax, "peak_max", H, W)
+    chk.peaks_inside(pmin, "peak_min", H, W)
+    q = _quality(quality, B, pmax.device)
+    ids = _sample_ids(sample_ids, B, pmax.device)
+    seed_t = _seed_tensor(seed, pmax.device)
+    uniform, values = config.fill_values(C)
+    fill_value = torch.tensor(values, dtype=torch.float32, device=pmax.device)
+    return Boxes(*ops.sample_boxes(
+        pmax, pmin, q, ids, seed_t, H, W, C, float(config.area_lo), float(config.area_hi),
+        float(config.quality_gain), float(config.aspect_lo), float(config.area_scale),
+        config.anchor == "center", uniform, fill_value))
+
+
+def _targets(targets, B: int, device, num_classes: Optional[int]) -> torch.Tensor:
+    t = chk.tensor(targets, "targets")
+    chk.same_device("x", torch.empty(0, device=device), targets=t)
+    if not t.dtype.is_floating_point:
+        if t.dim() != 1:
+            raise ValueError(f"hard-label targets must be (B,) class indices, got shape "
+                             f"{tuple(t.shape)}")
+        if num_classes is None:
+            raise ValueError("targets are class indices: pass num_classes= so they can be made "
+                             "one-hot")
+        n = chk.positive_int(num_classes, "num_classes")
+        if n < 2:
+            raise ValueError(f"num_classes must be at least 2, got {n}")
+        if chk.value_checks_active() and t.numel() and (bool((t < 0).any()) or
+                                                        bool((t >= n).any())):
+            raise ValueError(f"targets hold class indices outside [0, {n})")
+        t = torch.nn.functional.one_hot(t.long(), n).to(torch.float32)
+    if t.dim() != 2:
+        raise ValueError(f"targets must be (B, N) soft targets or (B,) class indices, got shape "
+                         f"{tuple(t.shape)}")
+    if t.shape[1] < 2:
+        raise ValueError(f"targets need at least 2 classes, got N={t.shape[1]}")
+    if t.shape[0] != B:
+        raise ValueError(f"targets has batch size {t.shape[0]} but x has {B}")
+    if num_classes is not None and t.shape[1] != num_classes:
+        raise ValueError(f"targets has {t.shape[1]} classes but num_classes={num_classes}")
+    return t
+
+
+def erase_and_modulate(x: torch.Tensor, targets: torch.Tensor, box_max: torch.Tensor,
+                       box_min: torch.Tensor, fill_max: torch.Tensor, fill_min: torch.Tensor,
+                       ratio: torch.Tensor, *, label_gain: float = 1.0) -> Erased:
+    """Stage 3: the max-erased and min-erased copies of `x`, stacked as (2B, C, H, W), and the
+    softened targets. Differentiable with respect to `x` and `targets`."""
+    x = chk.float_tensor(x, "x", 4, "(B, C, H, W) images")
+    B, C, _, _ = x.shape
+    t = _targets(targets, B, x.device, None)
+    bmax = chk.int_tensor(box_max, "box_max", "(B, 4)", (B, 4))
+    bmin = chk.int_tensor(box_min, "box_min", "(B, 4)", (B, 4))
+    fmax = chk.tensor(fill_max, "fill_max")
+    fmin = chk.tensor(fill_min, "fill_min")
+    for name, f in (("fill_max", fmax), ("fill_min", fmin)):
+        if tuple(f.shape) != (B, C):
+            raise ValueError(f"{name} must have shape (B, C) = ({B}, {C}), got {tuple(f.shape)}")
+    r = chk.tensor(ratio, "ratio")
+    if tuple(r.shape) != (B,):
+        raise ValueError(f"ratio must have shape (B,) = ({B},), got {tuple(r.shape)}")
+    chk.same_device("x", x, box_max=bmax, box_min=bmin, fill_max=fmax, fill_min=fmin, ratio=r)
+    if isinstance(label_gain, bool) or not isinstance(label_gain, (int, float)) or label_gain < 0:
+        raise ValueError(f"label_gain must be a number >= 0, got {label_gain!r}")
+    return Erased(*ops.erase_and_modulate(x, t, bmax, bmin, fmax.detach(), fmin.detach(),
+                                          r.detach(), float(label_gain)))
+
+
+def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality, *,
+             config: Optional[ANMConfig] = None, seed=None,
+             sample_ids: Optional[torch.Tensor] = None,
+             num_classes: Optional[int] = None) -> MaskBatch:
+    """Stages 1-3 in one call: peaks of `fmap`, label-quality guided boxes, erased copies of `x`
+    and modulated targets. `targets` may be soft (B, N) or class indices (B,) with num_classes=.
+    `seed=None` draws a seed from torch's default generator (torch.manual_seed repeats runs)."""
+    config = ANMConfig() if config is None else config
+    if not isinstance(config, ANMConfig):
+        raise TypeError(f"config must be an ANMConfig, got {type(config).__name__}")
+    x = chk.float_tensor(x, "x", 4, "(B, C, H, W) images")
+    fmap = chk.float_tensor(fmap, "fmap", 4, "(B, K, h, w)")
+    B, C, H, W = x.shape
+    chk.batch(fmap, "fmap", B, "x")
+    chk.same_device("x", x, fmap=fmap)
+    t = _targets(targets, B, x.device, num_classes)
+    seed_t = _seed_tensor(seed, x.device)
+    peaks = activation_peaks(fmap, (H, W), band=config.band)
+    boxes = sample_boxes(peaks.peak_max, peaks.peak_min, quality, (H, W), C, config=config,
+                         seed=seed_t, sample_ids=sample_ids)
+    erased = erase_and_modulate(x, t, boxes.box_max, boxes.box_min, boxes.fill_max,
+                                boxes.fill_min, boxes.ratio, label_gain=config.label_gain)
+    return MaskBatch(erased.erased, erased.targets, boxes.box_max, boxes.box_min, boxes.ratio,
+                     boxes.fill_max, boxes.fill_min, peaks.peak_max, peaks.peak_min, peaks.energy,
+                     seed_t)

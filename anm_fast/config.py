@@ -1,0 +1,119 @@
+"""ANMConfig: every knob of the masking procedure, with the presets users ask for.
+
+The numbers and their meaning follow the behaviour contract (shared ANM_SPEC, stage 2 and 3).
+A config is immutable and validated on construction, so a bad value fails where it is written,
+not deep inside a kernel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Tuple, Union
+
+FillSpec = Union[str, Tuple[float, ...]]
+
+_ANCHORS = ("center", "corner")
+
+
+@dataclasses.dataclass(frozen=True)
+class ANMConfig:
+    """Parameters of label-quality guided box sampling and label modulation.
+
+    area_lo, area_hi: the mask ratio s is drawn from U(area_lo, area_hi) ...
+    quality_gain:     ... plus quality_gain * (1 - quality).
+    aspect_lo:        aspect rho ~ U(aspect_lo, 1 / aspect_lo); must lie in (0, 1].
+    area_scale:       the box covers about area_scale * s of the image.
+    anchor:           "center" (box centred on the peak) or "corner" (peak is the top-left corner,
+                      as in the authors' release).
+    band:             peak tolerance in [0, 1): the first pixel within band * (max - min) of the
+                      extreme is the peak; 1/255 mimics the release's 8-bit quantisation.
+    fill:             "uniform" (one U(0,1) value per channel and box), "zero", or a tuple of
+                      per-channel constants (length 1 or C).
+    label_gain:       the top class gives min(label_gain * s, its mass) to the others.
+    """
+
+    area_lo: float = 0.02
+    area_hi: float = 0.07
+    quality_gain: float = 0.03
+    aspect_lo: float = 0.8
+    area_scale: float = 0.5
+    anchor: str = "center"
+    band: float = 0.0
+    fill: FillSpec = "uniform"
+    label_gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("area_lo", "area_hi", "quality_gain", "aspect_lo", "area_scale", "band",
+                     "label_gain"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"ANMConfig.{name} must be a finite number, got {value!r}")
+        if not 0.0 <= self.area_lo <= self.area_hi:
+            raise ValueError(
+                f"ANMConfig needs 0 <= area_lo <= area_hi, got area_lo={self.area_lo}, "
+                f"area_hi={self.area_hi}")
+        if self.quality_gain < 0:
+            raise ValueError(f"ANMConfig.quality_gain must be >= 0, got {self.quality_gain}")
+        if not 0.0 < self.aspect_lo <= 1.0:
+            raise ValueError(f"ANMConfig.aspect_lo must lie in (0, 1], got {self.aspect_lo}")
+        if self.area_scale <= 0:
+            raise ValueError(f"ANMConfig.area_scale must be > 0, got {self.area_scale}")
+        if self.anchor not in _ANCHORS:
+            raise ValueError(f"ANMConfig.anchor must be one of {_ANCHORS}, got {self.anchor!r}")
+        if not 0.0 <= self.band < 1.0:
+            raise ValueError(f"ANMConfig.band must lie in [0, 1), got {self.band}")
+        if self.label_gain < 0:
+            raise ValueError(f"ANMConfig.label_gain must be >= 0, got {self.label_gain}")
+        fill = self.fill
+        if isinstance(fill, str):
+            if fill not in ("uniform", "zero"):
+                raise ValueError(
+                    f"ANMConfig.fill must be 'uniform', 'zero' or a tuple of per-channel values, "
+                    f"got {fill!r}")
+        else:
+            try:
+                values = tuple(float(v) for v in fill)
+            except TypeError:
+                raise ValueError(
+                    f"ANMConfig.fill must be 'uniform', 'zero' or a tuple of per-channel values, "
+                    f"got {fill!r}") from None
+            if not values or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"ANMConfig.fill values must be finite and non-empty, got {fill!r}")
+            object.__setattr__(self, "fill", values)
+
+    # ----------------------------------------------------------------------------------- presets
+    @classmethod
+    def cifar(cls, **overrides) -> "ANMConfig":
+        """The default: the released CIFAR numbers, centred boxes, exact peaks."""
+        return cls(**overrides)
+
+    @classmethod
+    def clothing1m(cls, **overrides) -> "ANMConfig":
+        """Larger boxes for 224x224 images; the quality term is a ratio (the release adds pixels)."""
+        base = dict(area_lo=0.06, area_hi=0.13, area_scale=1.0)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def sanm_official(cls, **overrides) -> "ANMConfig":
+        """The authors' released CIFAR behaviour: corner anchor and 8-bit-like peak band."""
+        base = dict(anchor="corner", band=1.0 / 255.0)
+        base.update(overrides)
+        return cls(**base)
+
+    def replace(self, **changes) -> "ANMConfig":
+        return dataclasses.replace(self, **changes)
+
+    def fill_values(self, channels: int):
+        """(uniform, values): values is a list of `channels` floats used when not uniform."""
+        if self.fill == "uniform":
+            return True, [0.0] * channels
+        if self.fill == "zero":
+            return False, [0.0] * channels
+        values = list(self.fill)
+        if len(values) == 1:
+            return False, values * channels
+        if len(values) != channels:
+            raise ValueError(
+                f"ANMConfig.fill has {len(values)} values but the images have {channels} channels")
+        return False, values

@@ -1,0 +1,242 @@
+// Stage 3 on the CPU: both erased copies written in one pass over x (row by row, in the output's
+// memory order), the label shift, and the backward (gradient outside the boxes; label clamp).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../anm_common.h"
+
+namespace anm_fast {
+namespace {
+
+// Channels_last input stays channels_last (a channels_last model keeps its layout); anything
+// else gives a contiguous output. anm_fast/reference.py:erased_memory_format is the same rule.
+at::MemoryFormat erased_memory_format(const at::Tensor& x) {
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
+struct Box {
+  int64_t y0, x0, y1, x1;
+};
+
+inline Box read_box(const int64_t* boxes, int64_t b) {
+  const int64_t* p = boxes + 4 * b;
+  return Box{p[0], p[1], p[0] + p[2], p[1] + p[3]};
+}
+
+inline bool inside(const Box& box, int64_t y, int64_t x) {
+  return y >= box.y0 && y < box.y1 && x >= box.x0 && x < box.x1;
+}
+
+void check_boxes(const at::Tensor& box, int64_t B, const char* name) {
+  TORCH_CHECK(box.dim() == 2 && box.size(0) == B && box.size(1) == 4, "erase_and_modulate: ", name,
+              " must be (B, 4), got ", box.sizes());
+}
+
+// out[n] for n < B uses box_max, n >= B uses box_min; pixels inside get the fill value.
+template <typename scalar_t>
+void erase_kernel(const at::Tensor& x, const int64_t* boxes, const float* fills, at::Tensor& out) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t sB = x.stride(0), sC = x.stride(1), sH = x.stride(2), sW = x.stride(3);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  const int64_t oN = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
+  const bool nhwc = out.is_contiguous(at::MemoryFormat::ChannelsLast) && !out.is_contiguous();
+  if (!nhwc) {
+    at::parallel_for(0, 2 * B * C * H, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t y = row % H, c = (row / H) % C, n = row / (H * C), b = n % B;
+        const Box box = read_box(boxes, n);
+        const scalar_t* src = xp + b * sB + c * sC + y * sH;
+        scalar_t* dst = op + n * oN + c * oC + y * oH;
+        if (sW == 1) {
+          for (int64_t j = 0; j < W; ++j) dst[j] = src[j];
+        } else {
+          for (int64_t j = 0; j < W; ++j) dst[j] = src[j * sW];
+        }
+        if (y >= box.y0 && y < box.y1) {
+          const scalar_t f = static_cast<scalar_t>(fills[n * C + c]);
+          const int64_t j0 = std::max<int64_t>(box.x0, 0), j1 = std::min<int64_t>(box.x1, W);
+          for (int64_t j = j0; j < j1; ++j) dst[j] = f;
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, 2 * B * H, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t y = row % H, n = row / H, b = n % B;
+        const Box box = read_box(boxes, n);
+        const scalar_t* src = xp + b * sB + y * sH;
+        scalar_t* dst = op + n * oN + y * oH;
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t c = 0; c < C; ++c)
+            dst[j * oW + c * oC] = inside(box, y, j) ? static_cast<scalar_t>(fills[n * C + c])
+                                                     : src[j * sW + c * sC];
+      }
+    });
+  }
+}
+
+template <typename scalar_t>
+void modulate_kernel(const at::Tensor& t, const float* ratio, double label_gain, at::Tensor& out) {
+  using opmath_t = typename std::conditional<std::is_same<scalar_t, double>::value, double,
+                                             float>::type;
+  const int64_t B = t.size(0), N = t.size(1), s0 = t.stride(0), s1 = t.stride(1);
+  const scalar_t* tp = t.const_data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  at::parallel_for(0, B, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const scalar_t* row = tp + b * s0;
+      int64_t k = 0;
+      opmath_t best = static_cast<opmath_t>(row[0]);
+      for (int64_t c = 1; c < N; ++c) {
+        const opmath_t v = static_cast<opmath_t>(row[c * s1]);
+        if (v > best) { best = v; k = c; }  // first occurrence on ties
+      }
+      bool clamped;
+      const opmath_t d = label_shift<opmath_t>(best, ratio[b], label_gain, &clamped);
+      const opmath_t share = d / static_cast<opmath_t>(N - 1);
+      for (int64_t c = 0; c < N; ++c) {
+        const opmath_t v = static_cast<opmath_t>(row[c * s1]);
+        op[b * N + c] = static_cast<scalar_t>(c == k ? v - d : v + share);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cpu(
+    const at::Tensor& x, const at::Tensor& targets, const at::Tensor& box_max,
+    const at::Tensor& box_min, const at::Tensor& fill_max, const at::Tensor& fill_min,
+    const at::Tensor& ratio, double label_gain) {
+  TORCH_CHECK(x.dim() == 4, "erase_and_modulate: x must be (B, C, H, W), got ", x.sizes());
+  const int64_t B = x.size(0), C = x.size(1);
+  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2,
+              "erase_and_modulate: targets must be (B, N) with N >= 2, got ", targets.sizes());
+  check_boxes(box_max, B, "box_max");
+  check_boxes(box_min, B, "box_min");
+  TORCH_CHECK(fill_max.dim() == 2 && fill_max.size(0) == B && fill_max.size(1) == C &&
+                  fill_min.sizes() == fill_max.sizes(),
+              "erase_and_modulate: fills must be (B, C)");
+  TORCH_CHECK(ratio.dim() == 1 && ratio.size(0) == B, "erase_and_modulate: ratio must be (B,)");
+
+  const at::Tensor boxes = at::cat({box_max, box_min}, 0).to(at::kLong).contiguous();
+  const at::Tensor fills = at::cat({fill_max, fill_min}, 0).to(at::kFloat).contiguous();
+  const at::Tensor r = ratio.to(at::kFloat).contiguous();
+  at::Tensor erased = at::empty({2 * B, C, x.size(2), x.size(3)},
+                                x.options().memory_format(erased_memory_format(x)));
+  at::Tensor targets_out = at::empty({B, targets.size(1)}, targets.options());
+  if (B == 0) return {erased, targets_out};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "erase_cpu", [&] {
+    erase_kernel<scalar_t>(x, boxes.const_data_ptr<int64_t>(), fills.const_data_ptr<float>(),
+                           erased);
+  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, targets.scalar_type(),
+                                  "modulate_cpu", [&] {
+    modulate_kernel<scalar_t>(targets, r.const_data_ptr<float>(), label_gain, targets_out);
+  });
+  return {erased, targets_out};
+}
+
+// grad_x[b] = g[b] outside box_max[b] + g[B + b] outside box_min[b].
+template <typename scalar_t>
+void erase_backward_kernel(const at::Tensor& g, const int64_t* boxes, at::Tensor& gx) {
+  using opmath_t = typename std::conditional<std::is_same<scalar_t, double>::value, double,
+                                             float>::type;
+  const int64_t B = gx.size(0), C = gx.size(1), H = gx.size(2), W = gx.size(3);
+  const int64_t gN = g.stride(0), gC = g.stride(1), gH = g.stride(2), gW = g.stride(3);
+  const int64_t oB = gx.stride(0), oC = gx.stride(1), oH = gx.stride(2), oW = gx.stride(3);
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  scalar_t* op = gx.data_ptr<scalar_t>();
+  at::parallel_for(0, B * C * H, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t y = row % H, c = (row / H) % C, b = row / (H * C);
+      const Box bm = read_box(boxes, b), bn = read_box(boxes, B + b);
+      const scalar_t* g0 = gp + b * gN + c * gC + y * gH;
+      const scalar_t* g1 = g0 + B * gN;
+      scalar_t* dst = op + b * oB + c * oC + y * oH;
+      for (int64_t j = 0; j < W; ++j) {
+        opmath_t acc = 0;
+        if (!inside(bm, y, j)) acc += static_cast<opmath_t>(g0[j * gW]);
+        if (!inside(bn, y, j)) acc += static_cast<opmath_t>(g1[j * gW]);
+        dst[j * oW] = static_cast<scalar_t>(acc);
+      }
+    }
+  });
+}
+
+// Label-shift backward: t'_c = t_c + d / (N - 1), t'_k = t_k - d with d = min(gain * s, t_k).
+// The gradient passes through unchanged except where the clamp is active: then t'_k = 0 and each
+// other class gains t_k / (N - 1), so dL/dt_k = sum_{c != k} g_c / (N - 1).
+template <typename scalar_t, typename opmath_t>
+void modulate_backward_kernel(const at::Tensor& gt, const at::Tensor& t_op, const float* ratio,
+                              double label_gain, at::Tensor& out) {
+  const int64_t B = t_op.size(0), N = t_op.size(1);
+  const scalar_t* gp = gt.const_data_ptr<scalar_t>();
+  const opmath_t* tp = t_op.const_data_ptr<opmath_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  at::parallel_for(0, B, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const opmath_t* row = tp + b * N;
+      int64_t k = 0;
+      for (int64_t c = 1; c < N; ++c)
+        if (row[c] > row[k]) k = c;  // first occurrence on ties
+      bool clamped;
+      label_shift<opmath_t>(row[k], ratio[b], label_gain, &clamped);
+      const scalar_t* grow = gp + b * N;
+      opmath_t others = 0;
+      for (int64_t c = 0; c < N; ++c) {
+        op[b * N + c] = grow[c];
+        if (c != k) others += static_cast<opmath_t>(grow[c]);
+      }
+      if (clamped) op[b * N + k] = static_cast<scalar_t>(others / static_cast<opmath_t>(N - 1));
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cpu(
+    const at::Tensor& grad_erased, const at::Tensor& grad_targets, const at::Tensor& targets,
+    const at::Tensor& box_max, const at::Tensor& box_min, const at::Tensor& ratio,
+    double label_gain) {
+  TORCH_CHECK(grad_erased.dim() == 4 && grad_erased.size(0) % 2 == 0,
+              "erase_and_modulate_backward: grad_erased must be (2B, C, H, W)");
+  const int64_t B = grad_erased.size(0) / 2;
+  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2 &&
+                  grad_targets.sizes() == targets.sizes(),
+              "erase_and_modulate_backward: targets and grad_targets must be (B, N)");
+  check_boxes(box_max, B, "box_max");
+  check_boxes(box_min, B, "box_min");
+  const at::Tensor boxes = at::cat({box_max, box_min}, 0).to(at::kLong).contiguous();
+  const at::Tensor r = ratio.to(at::kFloat).contiguous();
+  const at::Tensor gt = grad_targets.contiguous();
+  at::Tensor grad_x = at::empty({B, grad_erased.size(1), grad_erased.size(2), grad_erased.size(3)},
+                                grad_erased.options().memory_format(erased_memory_format(grad_erased)));
+  at::Tensor grad_t = at::empty({B, targets.size(1)}, grad_targets.options());
+  if (B == 0) return {grad_x, grad_t};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_erased.scalar_type(),
+                                  "erase_bwd_cpu", [&] {
+    erase_backward_kernel<scalar_t>(grad_erased, boxes.const_data_ptr<int64_t>(), grad_x);
+  });
+  const bool f64 = targets.scalar_type() == at::kDouble;
+  const at::Tensor t_op = targets.to(f64 ? at::kDouble : at::kFloat).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt.scalar_type(), "modulate_bwd", [&] {
+    if (f64)
+      modulate_backward_kernel<scalar_t, double>(gt, t_op, r.const_data_ptr<float>(), label_gain,
+                                                 grad_t);
+    else
+      modulate_backward_kernel<scalar_t, float>(gt, t_op, r.const_data_ptr<float>(), label_gain,
+                                                grad_t);
+  });
+  return {grad_x, grad_t};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(anm_fast, CPU, m) {
+  m.impl("erase_and_modulate", &erase_and_modulate_cpu);
+  m.impl("erase_and_modulate_backward", &erase_and_modulate_backward_cpu);
+}
+
+}  // namespace anm_fast

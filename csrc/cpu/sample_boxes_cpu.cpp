@@ -1,0 +1,82 @@
+// Stage 2 on the CPU: each sample's box shape, placement and fills from its own Philox stream.
+// All per-sample math lives in anm_common.h so the CUDA kernels compute the same bits.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../anm_common.h"
+
+namespace anm_fast {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_boxes_cpu(
+    const at::Tensor& peak_max_in, const at::Tensor& peak_min_in, const at::Tensor& quality_in,
+    const at::Tensor& sample_ids_in, const at::Tensor& seed, int64_t H, int64_t W, int64_t C,
+    double area_lo, double area_hi, double quality_gain, double aspect_lo, double area_scale,
+    bool center_anchor, bool uniform_fill, const at::Tensor& fill_value_in) {
+  TORCH_CHECK(peak_max_in.dim() == 2 && peak_max_in.size(1) == 2,
+              "sample_boxes: peak_max must be (B, 2)");
+  TORCH_CHECK(peak_min_in.sizes() == peak_max_in.sizes(), "sample_boxes: peak_min must be (B, 2)");
+  const int64_t B = peak_max_in.size(0);
+  TORCH_CHECK(quality_in.dim() == 1 && quality_in.size(0) == B, "sample_boxes: quality must be (B,)");
+  TORCH_CHECK(sample_ids_in.dim() == 1 && sample_ids_in.size(0) == B,
+              "sample_boxes: sample_ids must be (B,)");
+  TORCH_CHECK(seed.numel() == 1, "sample_boxes: seed must hold one integer");
+  TORCH_CHECK(H > 0 && W > 0 && C > 0, "sample_boxes: image size and channels must be positive");
+  TORCH_CHECK(uniform_fill || fill_value_in.numel() == C,
+              "sample_boxes: fill_value must hold one value per channel");
+
+  const at::Tensor peak_max = peak_max_in.to(at::kLong).contiguous();
+  const at::Tensor peak_min = peak_min_in.to(at::kLong).contiguous();
+  const at::Tensor quality = quality_in.to(at::kFloat).contiguous();
+  const at::Tensor ids = sample_ids_in.to(at::kLong).contiguous();
+  const at::Tensor fill_value = uniform_fill ? fill_value_in
+                                             : fill_value_in.to(at::kFloat).contiguous();
+  const int64_t seed_v = seed.to(at::kLong).item<int64_t>();
+
+  auto long_opts = peak_max_in.options().dtype(at::kLong);
+  auto float_opts = peak_max_in.options().dtype(at::kFloat);
+  at::Tensor box_max = at::empty({B, 4}, long_opts);
+  at::Tensor box_min = at::empty({B, 4}, long_opts);
+  at::Tensor ratio = at::empty({B}, float_opts);
+  at::Tensor fill_max = at::empty({B, C}, float_opts);
+  at::Tensor fill_min = at::empty({B, C}, float_opts);
+
+  const BoxParams params{area_lo, area_hi, quality_gain, aspect_lo, area_scale, center_anchor};
+  const int64_t* pmax = peak_max.const_data_ptr<int64_t>();
+  const int64_t* pmin = peak_min.const_data_ptr<int64_t>();
+  const float* q = quality.const_data_ptr<float>();
+  const int64_t* id = ids.const_data_ptr<int64_t>();
+  const float* fv = uniform_fill ? nullptr : fill_value.const_data_ptr<float>();
+  int64_t* bmax = box_max.data_ptr<int64_t>();
+  int64_t* bmin = box_min.data_ptr<int64_t>();
+  float* r = ratio.data_ptr<float>();
+  float* fmax = fill_max.data_ptr<float>();
+  float* fmin = fill_min.data_ptr<float>();
+
+  at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const BoxShape shape = box_shape(seed_v, id[b], q[b], H, W, params);
+      r[b] = static_cast<float>(shape.ratio);
+      int64_t* out[2] = {bmax + 4 * b, bmin + 4 * b};
+      const int64_t* peak[2] = {pmax + 2 * b, pmin + 2 * b};
+      for (int which = 0; which < 2; ++which) {
+        place_box(peak[which][0], peak[which][1], shape.bh, shape.bw, H, W, center_anchor,
+                  &out[which][0], &out[which][1]);
+        out[which][2] = shape.bh;
+        out[which][3] = shape.bw;
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        fmax[b * C + c] = uniform_fill ? fill_draw(seed_v, id[b], c) : fv[c];
+        fmin[b * C + c] = uniform_fill ? fill_draw(seed_v, id[b], C + c) : fv[c];
+      }
+    }
+  });
+  return {box_max, box_min, ratio, fill_max, fill_min};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(anm_fast, CPU, m) { m.impl("sample_boxes", &sample_boxes_cpu); }
+
+}  // namespace anm_fast

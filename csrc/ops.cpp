@@ -1,0 +1,30 @@
+// Operator schemas of the anm_fast library: defined once here, implemented per device in
+// csrc/cpu and csrc/cuda. The Python side (anm_fast/_ops.py) adds fake (meta) kernels and
+// autograd. All ops are functional: randomness enters as the `seed` tensor, sampled parameters
+// leave as outputs, so they can be replayed and tested.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing anm_fast._C runs the static registrations below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(anm_fast, m) {
+  m.def("activation_peaks(Tensor fmap, int height, int width, float band) -> "
+        "(Tensor peak_max, Tensor peak_min, Tensor energy)");
+  m.def("sample_boxes(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
+        "Tensor seed, int height, int width, int channels, float area_lo, float area_hi, "
+        "float quality_gain, float aspect_lo, float area_scale, bool center_anchor, "
+        "bool uniform_fill, Tensor fill_value) -> "
+        "(Tensor box_max, Tensor box_min, Tensor ratio, Tensor fill_max, Tensor fill_min)");
+  m.def("erase_and_modulate(Tensor x, Tensor targets, Tensor box_max, Tensor box_min, "
+        "Tensor fill_max, Tensor fill_min, Tensor ratio, float label_gain) -> "
+        "(Tensor erased, Tensor targets_out)");
+  m.def("erase_and_modulate_backward(Tensor grad_erased, Tensor grad_targets, Tensor targets, "
+        "Tensor box_max, Tensor box_min, Tensor ratio, float label_gain) -> "
+        "(Tensor grad_x, Tensor grad_targets_in)");
+}

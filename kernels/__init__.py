@@ -1,0 +1,1 @@
+"""Triton kernels of anm_fast (installed as the subpackage `anm_fast.kernels`)."""
