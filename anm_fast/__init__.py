@@ -1,6 +1,7 @@
 """anm_fast: fast, fused Adversarial Noisy Masking for training classifiers on noisy labels."""
 from . import _ext
 from ._checks import set_checks
+from .backend import get_backend, set_backend
 from ._ext import extension_error, has_cuda_kernels, has_extension
 from .api import (Boxes, Erased, MaskBatch, Peaks, activation_peaks, anm_mask, erase_and_modulate,
                   sample_boxes)
@@ -12,5 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ANMConfig", "Boxes", "Erased", "MaskBatch", "Peaks", "activation_peaks", "anm_mask",
     "erase_and_modulate", "sample_boxes", "set_checks", "has_extension", "has_cuda_kernels",
-    "extension_error", "reference",
+    "extension_error", "reference", "set_backend", "get_backend",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ext, reference
+from . import _ext, backend, reference
 
 OP_NAMES = ("activation_peaks", "sample_boxes", "erase_and_modulate",
             "erase_and_modulate_backward")
@@ -43,16 +43,8 @@ if not _ext.has_extension():
 ops = torch.ops.anm_fast
 
 
-def _reference_cuda_fallback() -> None:
-    """Give CUDA tensors the reference when the extension carries no CUDA kernel for an op."""
-    if not _ext.has_extension():
-        return
-    for name in OP_NAMES:
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"anm_fast::{name}", "CUDA"):
-            torch.library.register_kernel(f"anm_fast::{name}", "cuda", getattr(reference, name))
-
-
-_reference_cuda_fallback()
+# The CUDA dispatch key is filled by anm_fast/backend.py (compiled CUDA, Triton or reference).
+backend.install()
 
 
 # ----------------------------------------------------------------------------------- fake kernels
