@@ -101,10 +101,37 @@ def peaks_of_map(resized: torch.Tensor, band: float) -> Tuple[torch.Tensor, torc
     return to_rc(idx_max), to_rc(idx_min)
 
 
+def linear_taps(in_size: int, out_size: int, device=None):
+    """Source indices (i0, i1) and weight lambda of each output index, half-pixel centres and
+    edge clamping (interpolate(bilinear, align_corners=False)), in float32 step by step."""
+    scale = torch.tensor(float(in_size), dtype=torch.float32, device=device) / float(out_size)
+    dst = torch.arange(out_size, dtype=torch.float32, device=device)
+    src = (scale * (dst + 0.5) - 0.5).clamp_min(0.0)
+    i0 = src.floor().to(torch.int64).clamp_max(in_size - 1)
+    lam = (src - i0.to(torch.float32)).clamp(0.0, 1.0)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    return i0, i1, lam
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # a + (b - a) * w rather than w0 * a + w1 * b: exact where a == b (clamped borders), so the
+    # plateaus of the resized map hold equal values and every backend breaks their ties alike.
+    return a + (b - a) * w
+
+
+def bilinear_resize(energy: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W): the numbers of F.interpolate(bilinear, align_corners=False) up to
+    float rounding, written out so that the kernels can reproduce them bit for bit."""
+    _, h, w = energy.shape
+    y0, y1, ly = linear_taps(h, height, energy.device)
+    x0, x1, lx = linear_taps(w, width, energy.device)
+    rows = lerp(energy[:, :, x0], energy[:, :, x1], lx)       # (B, h, W)
+    return lerp(rows[:, y0, :], rows[:, y1, :], ly[:, None])   # (B, H, W)
+
+
 def activation_peaks(fmap: torch.Tensor, height: int, width: int, band: float):
     energy = energy_map(fmap)
-    resized = F.interpolate(energy[:, None], size=(height, width), mode="bilinear",
-                            align_corners=False)[:, 0]
+    resized = bilinear_resize(energy, height, width)
     peak_max, peak_min = peaks_of_map(resized, band)
     return peak_max, peak_min, energy
 

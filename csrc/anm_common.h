@@ -155,28 +155,44 @@ ANM_HD void place_box(int64_t r, int64_t c, int64_t bh, int64_t bw, int64_t H, i
 }
 
 // ------------------------------------------------------------------ bilinear (align_corners=0)
-// Source taps and weights of output index `dst` when resizing `in_size` -> `out_size` with
-// half-pixel centres and edge clamping: PyTorch's interpolate(bilinear, align_corners=False).
+// Source taps of output index `dst` when resizing `in_size` -> `out_size` with half-pixel centres
+// and edge clamping: PyTorch's interpolate(bilinear, align_corners=False) up to rounding.
+// The value is interpolated as a + (b - a) * lambda (see lerp below), not w0 * a + w1 * b: where
+// the taps are clamped (a == b) the result is exactly a, so the plateaus that bilinear resizing
+// leaves at the borders hold exactly equal values, first-occurrence ties are decided the same
+// way by every backend, and the peaks agree exactly instead of "up to rounding".
 struct LinearTap {
   int64_t i0, i1;
-  float w0, w1;
+  float lambda;
 };
+
+#if defined(__CUDA_ARCH__)
+ANM_HD float fmul_exact(float a, float b) { return __fmul_rn(a, b); }
+ANM_HD float fadd_exact(float a, float b) { return __fadd_rn(a, b); }
+ANM_HD float fsub_exact(float a, float b) { return __fsub_rn(a, b); }
+#else
+ANM_HD float fmul_exact(float a, float b) { return a * b; }
+ANM_HD float fadd_exact(float a, float b) { return a + b; }
+ANM_HD float fsub_exact(float a, float b) { return a - b; }
+#endif
 
 ANM_HD LinearTap linear_tap(int64_t dst, int64_t in_size, int64_t out_size) {
   const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
-  float src = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
+  float src = fsub_exact(fmul_exact(scale, fadd_exact(static_cast<float>(dst), 0.5f)), 0.5f);
   if (src < 0.f) src = 0.f;
   int64_t i0 = static_cast<int64_t>(src);  // src >= 0: truncation is floor
   if (i0 > in_size - 1) i0 = in_size - 1;
-  float lambda = src - static_cast<float>(i0);
+  float lambda = fsub_exact(src, static_cast<float>(i0));
   lambda = lambda < 0.f ? 0.f : (lambda > 1.f ? 1.f : lambda);
   LinearTap t;
   t.i0 = i0;
   t.i1 = i0 < in_size - 1 ? i0 + 1 : i0;
-  t.w1 = lambda;
-  t.w0 = 1.f - lambda;
+  t.lambda = lambda;
   return t;
 }
+
+// a + (b - a) * w, rounded step by step (no fused multiply-add) on every backend.
+ANM_HD float lerp(float a, float b, float w) { return fadd_exact(a, fmul_exact(fsub_exact(b, a), w)); }
 
 // Label modulation shift for one sample: d = min(gain * s, t_k); `clamped` when t_k limits it.
 template <typename T>

@@ -87,13 +87,13 @@ void activation_peaks_kernel(const at::Tensor& fmap, int64_t H, int64_t W, doubl
       for (int64_t y = 0; y < h; ++y)
         for (int64_t j = 0; j < W; ++j) {
           const LinearTap& t = col_taps[j];
-          rows[y * W + j] = t.w0 * eb[y * w + t.i0] + t.w1 * eb[y * w + t.i1];
+          rows[y * W + j] = lerp(eb[y * w + t.i0], eb[y * w + t.i1], t.lambda);
         }
       auto resized_row = [&](int64_t i) {
         const LinearTap& t = row_taps[i];
         const float* r0 = rows.data() + t.i0 * W;
         const float* r1 = rows.data() + t.i1 * W;
-        for (int64_t j = 0; j < W; ++j) line[j] = t.w0 * r0[j] + t.w1 * r1[j];
+        for (int64_t j = 0; j < W; ++j) line[j] = lerp(r0[j], r1[j], t.lambda);
       };
       // Pass 1: extremes. Pass 2 (only when band > 0): first pixel inside each band.
       PeakScan scan;
