@@ -1,0 +1,173 @@
+"""Triton activation_peaks: energy map, L2 normalisation and both peaks, one program per sample.
+
+The feature map is read once. The bilinear resize to H x W is never written to memory: each tile
+of output pixels is interpolated from the (h, w) energy map on the fly, exactly like the C++
+kernel (taps of anm_common.h linear_tap; rows first, then columns; no fused multiply-add), and
+reduced to running extremes with their first row-major index. With band > 0 a second scan finds
+the first pixel inside each band.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import NO_FMA, device_guard, next_pow2
+
+
+@triton.jit
+def _taps(dst, in_size, scale):
+    """Source taps of output indices `dst`: anm_common.h linear_tap (align_corners=False)."""
+    src = scale * (dst.to(tl.float32) + 0.5) - 0.5
+    src = tl.maximum(src, 0.0)
+    i0 = tl.minimum(src.to(tl.int32), in_size - 1)
+    lam = src - i0.to(tl.float32)
+    lam = tl.minimum(tl.maximum(lam, 0.0), 1.0)
+    i1 = tl.where(i0 < in_size - 1, i0 + 1, i0)
+    return i0, i1, 1.0 - lam, lam
+
+
+@triton.jit
+def _resized_tile(e_base, offs, mask, w, H, W, h, scale_h, scale_w):
+    """Values of the bilinear resize at flat output indices `offs` (row-major over H x W)."""
+    i = offs // W
+    j = offs % W
+    y0, y1, wy0, wy1 = _taps(i, h, scale_h)
+    x0, x1, wx0, wx1 = _taps(j, w, scale_w)
+    e00 = tl.load(e_base + y0 * w + x0, mask=mask, other=0.0)
+    e01 = tl.load(e_base + y0 * w + x1, mask=mask, other=0.0)
+    e10 = tl.load(e_base + y1 * w + x0, mask=mask, other=0.0)
+    e11 = tl.load(e_base + y1 * w + x1, mask=mask, other=0.0)
+    r0 = wx0 * e00 + wx1 * e01
+    r1 = wx0 * e10 + wx1 * e11
+    return wy0 * r0 + wy1 * r1
+
+
+@triton.jit
+def _activation_peaks_kernel(f_ptr, sB, sK, sH, sW, K, h, w, H, W, band,
+                             energy_ptr, pmax_ptr, pmin_ptr,
+                             CHANNELS_LAST: tl.constexpr, ACC64: tl.constexpr,
+                             BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+                             BLOCK_HW: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    P = h * w
+    f_base = f_ptr + b * sB
+    e_base = energy_ptr + b * P
+    if ACC64:
+        acc_t = tl.float64
+    else:
+        acc_t = tl.float32
+
+    # Pass 1: raw energy sum_k f^2 per position (stored), and sum of its squares for the norm.
+    sq = tl.zeros([BLOCK_P], acc_t)
+    for p0 in range(0, P, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask_p = offs_p < P
+        pos = (offs_p // w).to(tl.int64) * sH + (offs_p % w).to(tl.int64) * sW
+        if CHANNELS_LAST:  # channels are the contiguous axis: make them the tile's inner axis
+            e = tl.zeros([BLOCK_P], acc_t)
+            for k0 in range(0, K, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                m = mask_p[:, None] & (offs_k < K)[None, :]
+                v = tl.load(f_base + pos[:, None] + offs_k[None, :].to(tl.int64) * sK, mask=m,
+                            other=0.0).to(acc_t)
+                e += tl.sum(v * v, axis=1)
+        else:
+            e = tl.zeros([BLOCK_P], acc_t)
+            for k0 in range(0, K, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                m = (offs_k < K)[:, None] & mask_p[None, :]
+                v = tl.load(f_base + offs_k[:, None].to(tl.int64) * sK + pos[None, :], mask=m,
+                            other=0.0).to(acc_t)
+                e += tl.sum(v * v, axis=0)
+        sq += e * e
+        tl.store(e_base + offs_p, e.to(tl.float32), mask=mask_p)
+    total = tl.sum(sq, axis=0)
+    if ACC64:
+        norm = tl.sqrt(total)
+    else:
+        norm = tl.math.sqrt_rn(total)
+    norm = tl.maximum(norm, 1e-12).to(tl.float32)
+    tl.debug_barrier()  # the energy just stored is re-read by other threads of this program
+
+    # Pass 2: normalise in place.
+    for p0 in range(0, P, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask_p = offs_p < P
+        e = tl.load(e_base + offs_p, mask=mask_p, other=0.0)
+        tl.store(e_base + offs_p, tl.math.div_rn(e, norm), mask=mask_p)
+    tl.debug_barrier()
+
+    # Pass 3: extremes of the resized map and their first row-major index.
+    HW = H * W
+    scale_h = tl.math.div_rn(h.to(tl.float32), H.to(tl.float32))
+    scale_w = tl.math.div_rn(w.to(tl.float32), W.to(tl.float32))
+    hi = -float("inf")
+    lo = float("inf")
+    idx_hi = 0
+    idx_lo = 0
+    for t0 in range(0, HW, BLOCK_HW):
+        offs = t0 + tl.arange(0, BLOCK_HW)
+        mask = offs < HW
+        u = _resized_tile(e_base, offs, mask, w, H, W, h, scale_h, scale_w)
+        t_hi = tl.max(tl.where(mask, u, -float("inf")), axis=0)
+        t_lo = tl.min(tl.where(mask, u, float("inf")), axis=0)
+        f_hi = tl.min(tl.where(mask & (u == t_hi), offs, HW), axis=0)
+        f_lo = tl.min(tl.where(mask & (u == t_lo), offs, HW), axis=0)
+        idx_hi = tl.where(t_hi > hi, f_hi, idx_hi)
+        idx_lo = tl.where(t_lo < lo, f_lo, idx_lo)
+        hi = tl.maximum(hi, t_hi)
+        lo = tl.minimum(lo, t_lo)
+
+    # Pass 4 (band > 0): first pixel within band * range of each extreme.
+    if band > 0:
+        spread = (hi - lo) * band
+        thr_hi = hi - spread
+        thr_lo = lo + spread
+        found_hi = HW
+        found_lo = HW
+        for t0 in range(0, HW, BLOCK_HW):
+            offs = t0 + tl.arange(0, BLOCK_HW)
+            mask = offs < HW
+            u = _resized_tile(e_base, offs, mask, w, H, W, h, scale_h, scale_w)
+            found_hi = tl.minimum(found_hi, tl.min(tl.where(mask & (u >= thr_hi), offs, HW),
+                                                   axis=0))
+            found_lo = tl.minimum(found_lo, tl.min(tl.where(mask & (u <= thr_lo), offs, HW),
+                                                   axis=0))
+        # The extremes themselves always qualify, so both searches succeed.
+        idx_hi = found_hi
+        idx_lo = found_lo
+
+    tl.store(pmax_ptr + b * 2, (idx_hi // W).to(tl.int64))
+    tl.store(pmax_ptr + b * 2 + 1, (idx_hi % W).to(tl.int64))
+    tl.store(pmin_ptr + b * 2, (idx_lo // W).to(tl.int64))
+    tl.store(pmin_ptr + b * 2 + 1, (idx_lo % W).to(tl.int64))
+
+
+def activation_peaks(fmap: torch.Tensor, height: int, width: int, band: float):
+    """Launcher with the signature of torch.ops.anm_fast.activation_peaks."""
+    if fmap.dim() != 4:
+        raise ValueError(f"activation_peaks: fmap must be (B, K, h, w), got {tuple(fmap.shape)}")
+    if height <= 0 or width <= 0:
+        raise ValueError("activation_peaks: image size must be positive")
+    B, K, h, w = fmap.shape
+    if K == 0 or h == 0 or w == 0:
+        raise ValueError(f"activation_peaks: fmap has an empty dimension: {tuple(fmap.shape)}")
+    device = fmap.device
+    peak_max = torch.empty((B, 2), dtype=torch.int64, device=device)
+    peak_min = torch.empty((B, 2), dtype=torch.int64, device=device)
+    energy = torch.empty((B, h, w), dtype=torch.float32, device=device)
+    if B == 0:
+        return peak_max, peak_min, energy
+    sB, sK, sH, sW = fmap.stride()
+    channels_last = sK == 1 and K > 1
+    BLOCK_P = min(next_pow2(h * w), 128)
+    BLOCK_K = min(next_pow2(K), max(4096 // BLOCK_P, 1))
+    BLOCK_HW = min(next_pow2(height * width), 1024)
+    with device_guard(fmap):
+        _activation_peaks_kernel[(B,)](
+            fmap, sB, sK, sH, sW, K, h, w, height, width, float(band),
+            energy, peak_max, peak_min,
+            CHANNELS_LAST=channels_last, ACC64=fmap.dtype == torch.float64,
+            BLOCK_P=BLOCK_P, BLOCK_K=BLOCK_K, BLOCK_HW=BLOCK_HW, num_warps=4, **NO_FMA)
+    return peak_max, peak_min, energy
