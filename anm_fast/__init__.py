@@ -15,3 +15,10 @@ __all__ = [
     "erase_and_modulate", "sample_boxes", "set_checks", "has_extension", "has_cuda_kernels",
     "extension_error", "reference", "set_backend", "get_backend",
 ]
+
+# The user-facing training API (issue 4): masked_forward and its modules.
+from .masked import MaskedOutput, find_feature_layer, masked_forward
+from . import losses, models, nn, quality
+
+__all__ += ["MaskedOutput", "find_feature_layer", "masked_forward", "losses", "models", "nn",
+            "quality"]
