@@ -152,7 +152,7 @@ def erase_inputs(B, C, H, W, N, dtype, layout, seed=3):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted"])
 @pytest.mark.parametrize("shape", [(1, 3, 32, 32, 10), (7, 1, 5, 7, 2), (64, 3, 17, 9, 100),
-                                   (4, 5, 40, 33, 3)])
+                                   (4, 5, 40, 33, 3), (1024, 3, 8, 8, 10)])
 def test_erase_and_modulate_matches_reference(dtype, layout, shape):
     B, C, H, W, N = shape
     x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, layout)
