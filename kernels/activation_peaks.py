@@ -2,7 +2,7 @@
 
 The feature map is read once. The bilinear resize to H x W is never written to memory: each tile
 of output pixels is interpolated from the (h, w) energy map on the fly, exactly like the C++
-kernel (taps of anm_common.h linear_tap; rows first, then columns; no fused multiply-add), and
+kernel (taps and lerp of anm_common.h; rows first, then columns; no fused multiply-add), and
 reduced to running extremes with their first row-major index. With band > 0 a second scan finds
 the first pixel inside each band.
 """
@@ -17,30 +17,36 @@ from ._common import NO_FMA, device_guard, next_pow2
 
 @triton.jit
 def _taps(dst, in_size, scale):
-    """Source taps of output indices `dst`: anm_common.h linear_tap (align_corners=False)."""
+    """Source taps and weight of output indices `dst`: anm_common.h linear_tap."""
     src = scale * (dst.to(tl.float32) + 0.5) - 0.5
     src = tl.maximum(src, 0.0)
-    i0 = tl.minimum(src.to(tl.int32), in_size - 1)
+    i0 = tl.minimum(src.to(tl.int32), in_size - 1)  # src >= 0: truncation is floor
     lam = src - i0.to(tl.float32)
     lam = tl.minimum(tl.maximum(lam, 0.0), 1.0)
     i1 = tl.where(i0 < in_size - 1, i0 + 1, i0)
-    return i0, i1, 1.0 - lam, lam
+    return i0, i1, lam
+
+
+@triton.jit
+def _lerp(a, b, w):
+    # a + (b - a) * w, as anm_common.h lerp: exact where a == b, so the plateaus of the resized
+    # map hold equal values and ties break as on every other backend.
+    return a + (b - a) * w
 
 
 @triton.jit
 def _resized_tile(e_base, offs, mask, w, H, W, h, scale_h, scale_w):
-    """Values of the bilinear resize at flat output indices `offs` (row-major over H x W)."""
+    """Values of the bilinear resize at flat output indices `offs` (row-major over H x W):
+    source rows resized horizontally first, then vertically, as the C++ kernel does."""
     i = offs // W
     j = offs % W
-    y0, y1, wy0, wy1 = _taps(i, h, scale_h)
-    x0, x1, wx0, wx1 = _taps(j, w, scale_w)
+    y0, y1, ly = _taps(i, h, scale_h)
+    x0, x1, lx = _taps(j, w, scale_w)
     e00 = tl.load(e_base + y0 * w + x0, mask=mask, other=0.0)
     e01 = tl.load(e_base + y0 * w + x1, mask=mask, other=0.0)
     e10 = tl.load(e_base + y1 * w + x0, mask=mask, other=0.0)
     e11 = tl.load(e_base + y1 * w + x1, mask=mask, other=0.0)
-    r0 = wx0 * e00 + wx1 * e01
-    r1 = wx0 * e10 + wx1 * e11
-    return wy0 * r0 + wy1 * r1
+    return _lerp(_lerp(e00, e01, lx), _lerp(e10, e11, lx), ly)
 
 
 @triton.jit
