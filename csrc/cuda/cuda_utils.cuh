@@ -1,0 +1,145 @@
+// Helpers shared by the CUDA kernels of csrc/cuda: warp/block reductions, aligned vectors,
+// argument checks. The per-sample ANM math itself lives in ../anm_common.h (shared with the CPU).
+#pragma once
+
+// Only c10/cuda headers: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers, which
+// a bare CUDA toolkit may lack. c10::cuda::getCurrentCUDAStream is the stream that
+// at::cuda::getCurrentCUDAStream returns (the latter is an alias of it).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+
+namespace anm_fast {
+namespace cuda {
+
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Every argument on the same CUDA device as `ref` (the dispatcher only guarantees one is CUDA).
+inline void check_same_device(const char* op, const at::Tensor& ref, const at::Tensor& t,
+                              const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
+              " but the other arguments are on ", ref.device());
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_down_sync(kFullMask, v, off);
+  return v;  // lane 0 holds the sum
+}
+
+// (value, index) pairs: the larger (resp. smaller) value wins, ties go to the smaller index.
+// Index INT_MAX / LLONG_MAX marks "nothing yet" and always loses.
+template <bool kMax, typename V, typename I>
+__device__ __forceinline__ void arg_combine(V& v, I& i, V ov, I oi) {
+  const I none = sizeof(I) == 8 ? static_cast<I>(LLONG_MAX) : static_cast<I>(INT_MAX);
+  if (oi == none) return;
+  const bool better = kMax ? (ov > v) : (ov < v);
+  if (i == none || better || (ov == v && oi < i)) {
+    v = ov;
+    i = oi;
+  }
+}
+
+template <bool kMax, typename V, typename I>
+__device__ __forceinline__ void warp_arg(V& v, I& i) {
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) {
+    const V ov = __shfl_down_sync(kFullMask, v, off);
+    const I oi = __shfl_down_sync(kFullMask, i, off);
+    arg_combine<kMax>(v, i, ov, oi);
+  }
+}
+
+// Block-wide sum of one value per thread, the result returned to every thread. `buf` holds at
+// least blockDim.x / 32 elements of shared memory; the block must be a multiple of 32 threads.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* buf) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int nwarps = blockDim.x / kWarp;
+  v = warp_sum(v);
+  __syncthreads();  // buf may still be read by a previous reduction
+  if (lane == 0) buf[warp] = v;
+  __syncthreads();
+  T total = T(0);
+  for (int k = 0; k < nwarps; ++k) total += buf[k];  // same order in every thread
+  return total;
+}
+
+// Block-wide (value, index) arg-max / arg-min, the winner returned to every thread.
+template <bool kMax, typename V, typename I>
+__device__ __forceinline__ void block_arg(V& v, I& i, V* vbuf, I* ibuf) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int nwarps = blockDim.x / kWarp;
+  warp_arg<kMax>(v, i);
+  __syncthreads();
+  if (lane == 0) {
+    vbuf[warp] = v;
+    ibuf[warp] = i;
+  }
+  __syncthreads();
+  v = vbuf[0];
+  i = ibuf[0];
+  for (int k = 1; k < nwarps; ++k) arg_combine<kMax>(v, i, vbuf[k], ibuf[k]);
+}
+
+template <typename T>
+__device__ __forceinline__ T block_min(T v, T* buf) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int nwarps = blockDim.x / kWarp;
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) {
+    const T o = __shfl_down_sync(kFullMask, v, off);
+    v = o < v ? o : v;
+  }
+  __syncthreads();
+  if (lane == 0) buf[warp] = v;
+  __syncthreads();
+  T m = buf[0];
+  for (int k = 1; k < nwarps; ++k) m = buf[k] < m ? buf[k] : m;
+  return m;
+}
+
+// VEC elements loaded / stored as one aligned access.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) AlignedVec {
+  T v[VEC];
+};
+
+inline bool aligned_to(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// Blocks for a grid-stride loop over `n` work items: enough to fill the GPU, no more.
+inline int multiprocessor_count() {
+  // Cached per device; cudaDeviceGetAttribute neither synchronises nor breaks graph capture.
+  static int cache[64] = {0};
+  const int dev = c10::cuda::current_device();
+  if (dev < 0 || dev >= 64) return 132;
+  if (cache[dev] == 0) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    cache[dev] = n > 0 ? n : 1;
+  }
+  return cache[dev];
+}
+
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+inline int64_t grid_for(int64_t n, int threads) {
+  const int64_t needed = (n + threads - 1) / threads;
+  const int sms = multiprocessor_count();
+  const int64_t cap = static_cast<int64_t>(sms) * 32;
+  const int64_t g = needed < cap ? needed : cap;
+  return g < 1 ? 1 : g;
+}
+
+}  // namespace cuda
+}  // namespace anm_fast
