@@ -41,9 +41,16 @@ def opmath_is_f64(*dtypes: torch.dtype) -> bool:
 
 # ---------------------------------------------------------------------------------------- device
 @triton.jit
+def as_type(v, dtype: tl.constexpr):
+    """v converted to `dtype`, also when v is an int argument that Triton specialised to a
+    compile-time constant (it does so for the value 1), which has no `.to`."""
+    return v + tl.zeros([], dtype)
+
+
+@triton.jit
 def f64_arg(bits):
     """Inverse of f64_bits (bits may arrive as int32 when small, hence the widening first)."""
-    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+    return as_type(bits, tl.int64).to(tl.float64, bitcast=True)
 
 
 @triton.jit
@@ -117,8 +124,8 @@ def box_shape(seed, sample_id, quality, H, W, area_lo, area_hi, quality_gain, as
     u_aspect = uniform_f64(w1)
     s = (area_lo + (area_hi - area_lo) * u_area) + quality_gain * (1.0 - quality.to(tl.float64))
     rho = aspect_lo + (hi_aspect - aspect_lo) * u_aspect
-    Hf = H.to(tl.float64)
-    Wf = W.to(tl.float64)
+    Hf = as_type(H, tl.float64)
+    Wf = as_type(W, tl.float64)
     area = ((area_scale * s) * Hf) * Wf
     bh = round_half_even(tl.sqrt(area * rho))
     bw = round_half_even(tl.sqrt(area / rho))

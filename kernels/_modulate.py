@@ -5,6 +5,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import as_type
+
 
 @triton.jit
 def _div(a, b, OPM64: tl.constexpr):
@@ -59,7 +61,7 @@ def modulate_row(t_ptr, ts0, ts1, out_ptr, ratio_ptr, rs0, b, N, gain,
     t_row = t_ptr + b * ts0
     k, t_k = _argmax_row(t_row, ts1, N, OPM64, BLOCK_N)
     d, _clamped = _shift(t_k, ratio_ptr, b * rs0, gain, OPM64)
-    share = _div(d, (N - 1).to(opm), OPM64)
+    share = _div(d, as_type(N - 1, opm), OPM64)
     for n0 in range(0, N, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         m = offs < N
@@ -85,7 +87,7 @@ def modulate_row_backward(g_ptr, gs0, gs1, t_ptr, ts0, ts1, out_ptr, ratio_ptr, 
         offs = n0 + tl.arange(0, BLOCK_N)
         g = tl.load(g_row + offs.to(tl.int64) * gs1, mask=offs < N, other=0.0)
         total += tl.where(offs == k, 0.0, g.to(opm))
-    spread = _div(tl.sum(total, axis=0), (N - 1).to(opm), OPM64)
+    spread = _div(tl.sum(total, axis=0), as_type(N - 1, opm), OPM64)
     for n0 in range(0, N, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         m = offs < N

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NO_FMA, device_guard, next_pow2
+from ._common import NO_FMA, as_type, device_guard, next_pow2
 
 
 @triton.jit
@@ -106,8 +106,8 @@ def _activation_peaks_kernel(f_ptr, sB, sK, sH, sW, K, h, w, H, W, band,
 
     # Pass 3: extremes of the resized map and their first row-major index.
     HW = H * W
-    scale_h = tl.math.div_rn(h.to(tl.float32), H.to(tl.float32))
-    scale_w = tl.math.div_rn(w.to(tl.float32), W.to(tl.float32))
+    scale_h = tl.math.div_rn(as_type(h, tl.float32), as_type(H, tl.float32))
+    scale_w = tl.math.div_rn(as_type(w, tl.float32), as_type(W, tl.float32))
     hi = -float("inf")
     lo = float("inf")
     idx_hi = 0

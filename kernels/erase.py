@@ -69,7 +69,7 @@ def _erase_kernel(x_ptr, xs0, xs1, xs2, xs3, out_ptr, t_ptr, ts0, ts1, t_out_ptr
     f_min = f_min.to(tl.float32).to(v.dtype)
     dst = out_ptr + b * CHW + offs
     tl.store(dst, tl.where(m_max, f_max, v), mask=mask)
-    tl.store(dst + B * CHW, tl.where(m_min, f_min, v), mask=mask)
+    tl.store(out_ptr + (b + B) * CHW + offs, tl.where(m_min, f_min, v), mask=mask)  # int64
     if tile == 0:
         modulate_row(t_ptr, ts0, ts1, t_out_ptr, ratio_ptr, rs0, b, N, f64_arg(gain_bits),
                      OPM64, BLOCK_N)
@@ -89,11 +89,11 @@ def _erase_backward_kernel(g_ptr, gs0, gs1, gs2, gs3, gx_ptr, gt_ptr, gts0, gts1
     offs = tile * BLOCK + tl.arange(0, BLOCK)
     mask = offs < CHW
     c, y, x = plane_coords(offs, C, H, W, CHANNELS_LAST)
-    src = g_ptr + b * gs0 + c.to(tl.int64) * gs1 + y.to(tl.int64) * gs2 + x.to(tl.int64) * gs3
+    inner = c.to(tl.int64) * gs1 + y.to(tl.int64) * gs2 + x.to(tl.int64) * gs3
     keep_max = (~in_box(bmax_ptr, bmax_s0, bmax_s1, b, y, x)) & mask
     keep_min = (~in_box(bmin_ptr, bmin_s0, bmin_s1, b, y, x)) & mask
-    g0 = tl.load(src, mask=keep_max, other=0.0)
-    g1 = tl.load(src + B * gs0, mask=keep_min, other=0.0)
+    g0 = tl.load(g_ptr + b * gs0 + inner, mask=keep_max, other=0.0)
+    g1 = tl.load(g_ptr + (b + B) * gs0 + inner, mask=keep_min, other=0.0)  # int64 offsets
     if OPM64:
         acc = g0.to(tl.float64) + g1.to(tl.float64)
     else:
