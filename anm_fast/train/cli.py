@@ -1,0 +1,217 @@
+"""`anm-train`: command-line flags and config files -> Settings -> loop.run -> printed summary.
+
+Precedence, lowest first: general defaults, the data set's preset, the per-noise method preset,
+the --config file, then flags. A config file (JSON or TOML) may set any flag by its long name
+(dashes or underscores) and any hyper-parameter, and hold per-method tables, e.g.
+    {"noise_rate": 0.8, "lambda_u": 25, "methods": {"dividemix": {"p_threshold": 0.6}}}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+from .loop import Settings, free_folder, run
+from .methods import METHODS
+from .noise import parse_noise
+from .presets import COMMON
+from .reporting import table
+
+DEFAULT_METHOD = "dividemix-anm"
+
+# flag -> hyper-parameter name (type)
+HP_FLAGS = {
+    "model": str, "width": int, "lr": float, "momentum": float, "weight_decay": float, "schedule": str,
+    "lr_step": int, "warmup": int, "alpha": float, "T": float, "lambda_u": float, "rampup": int,
+    "p_threshold": float, "recon_weight": float, "anm_preset": str, "anm_area_lo": float,
+    "anm_area_hi": float, "anm_area_scale": float, "anm_quality_gain": float,
+    "anm_label_gain": float, "image_size": int, "train_subset": int, "pretrained": str, "threads": int,
+}
+SETTING_KEYS = ("dataset", "data_dir", "noise", "noise_file", "noise_rate", "method", "compare",
+                "seed", "seeds", "device", "out", "epochs", "batch_size", "trust_noise_file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="anm-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train image classifiers on noisy labels with CE, ANM, DivideMix or "
+                    "DivideMix + ANM. With no arguments: digits, 50%% symmetric noise, "
+                    f"{DEFAULT_METHOD}, a few minutes on a CPU.")
+    a = p.add_argument
+    a("--dataset", default=None, help="digits (embedded), cifar10, cifar100, imagefolder "
+                                      "[default: digits]")
+    a("--data-dir", default=None, help="folder with the data (torchvision format for CIFAR; "
+                                       "train/ and test/ class folders for imagefolder)")
+    a("--noise", default=None, help="sym, sym-exact, asym, idn or human:KEY [default: sym]")
+    a("--noise-file", default=None, help="human noisy labels: a CIFAR-N .pt file, .npy/.npz, "
+                                          ".json, or a text list")
+    a("--trust-noise-file", action="store_true", default=None,
+      help="allow full unpickling of a .pt label file that weights_only loading refuses")
+    a("--noise-rate", type=float, default=None, help="nominal noise rate [default: 0.5]")
+    a("--method", default=None, help=f"one of {', '.join(METHODS)} [default: {DEFAULT_METHOD}]")
+    a("--compare", default=None, help="comma-separated methods run on the same noisy labels, "
+                                      "e.g. ce,dividemix,dividemix-anm")
+    a("--epochs", type=int, default=None, help="epochs [default: per-data-set preset]")
+    a("--batch-size", type=int, default=None, help="batch size (DivideMix: labeled = unlabeled)")
+    a("--seed", type=int, default=None, help="first seed [default: 0]")
+    a("--seeds", type=int, default=None, help="number of seeds (seed, seed+1, ...) [default: 1]")
+    a("--out", default=None, help="run folder [default: runs/<time>-<settings>]; an existing "
+                                  "folder is never overwritten (a -2, -3 suffix is added)")
+    a("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
+                                                        "checkpoints, with its saved settings")
+    a("--device", default=None, help="auto, cpu, cuda, cuda:1 [default: auto]")
+    a("--config", default=None, metavar="FILE", help="JSON or TOML file with settings and "
+                                                     "hyper-parameters")
+    g = p.add_argument_group("method hyper-parameters (defaults: per-setting presets)")
+    for name, typ in HP_FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other hyper-parameter (JSON value), e.g. --set prior_penalty=false")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the networks (GPU)")
+    o = p.add_argument_group("output")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar / epoch lines")
+    o.add_argument("--no-plots", action="store_true", help="skip PNG plots")
+    return p
+
+
+def load_config(path: str) -> Dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.lower().endswith(".toml"):
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            import tomli as tomllib
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    with open(path) as f:
+        return json.load(f)
+
+
+def _norm(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def settings_from(args: argparse.Namespace) -> (Settings, Optional[str], Dict):
+    cfg: Dict = load_config(args.config) if args.config else {}
+    cfg = {_norm(k): v for k, v in cfg.items()}
+    method_hp = {m: {_norm(k): v for k, v in d.items()} for m, d in cfg.pop("methods", {}).items()}
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+
+    def pick(key, default=None):
+        if key in flags:
+            return flags[key]
+        return cfg.get(key, default)
+
+    hp: Dict = {}
+    for k, v in cfg.items():
+        if k not in SETTING_KEYS and k != "config":
+            hp[k] = v
+    for k in HP_FLAGS:
+        if k in flags:
+            hp[k] = flags[k]
+    if pick("compile"):
+        hp["compile"] = True
+    for kv in args.set:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
+        try:
+            hp[_norm(k)] = json.loads(v)
+        except json.JSONDecodeError:
+            hp[_norm(k)] = v
+    for key in ("epochs", "batch_size"):
+        if pick(key) is not None:
+            hp[key] = pick(key)
+    unknown = [k for k in hp if k not in COMMON and k not in ("epochs", "batch_size")]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; hyper-parameters are: "
+                         f"{', '.join(sorted(COMMON))}")
+    compare = pick("compare")
+    if compare:
+        methods = [m.strip() for m in (compare.split(",") if isinstance(compare, str) else compare)
+                   if m.strip()]
+    else:
+        methods = [pick("method", DEFAULT_METHOD)]
+    for m in methods + list(method_hp):
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}: choose one of {', '.join(METHODS)}")
+    noise = pick("noise", "sym")
+    parse_noise(noise)
+    seed, n_seeds = int(pick("seed", 0)), int(pick("seeds", 1))
+    if n_seeds < 1:
+        raise ValueError("--seeds must be >= 1")
+    s = Settings(dataset=pick("dataset", "digits"), data_dir=pick("data_dir"), noise=noise,
+                 noise_file=pick("noise_file"), noise_rate=float(pick("noise_rate", 0.5)),
+                 methods=methods, seeds=list(range(seed, seed + n_seeds)), device=pick("device"),
+                 hp=hp, method_hp=method_hp, trust_noise_file=bool(pick("trust_noise_file", False)),
+                 progress=not args.no_progress, plots=not args.no_plots)
+    return s, pick("out"), cfg
+
+
+def _save_settings(s: Settings, out: str) -> None:
+    import dataclasses
+
+    with open(os.path.join(out, "run_config.json"), "w") as f:
+        json.dump(dataclasses.asdict(s), f, indent=2)
+
+
+def _load_settings(run_dir: str) -> Settings:
+    path = os.path.join(run_dir, "run_config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume {run_dir}: no run_config.json there (not a run folder)")
+    with open(path) as f:
+        return Settings(**json.load(f))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.resume:
+            s = _load_settings(args.resume)
+            out = args.resume
+            # a resumed run keeps its settings; only the length and the output may change
+            if args.epochs is not None:
+                s.hp["epochs"] = args.epochs
+            if args.device is not None:
+                s.device = args.device
+            s.progress, s.plots = not args.no_progress, not args.no_plots
+        else:
+            s, out, _ = settings_from(args)
+            if out is None:
+                what = ("compare-" + "-".join(s.methods)) if len(s.methods) > 1 else s.methods[0]
+                out = os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{s.dataset}-"
+                                           f"{s.noise.replace(':', '-')}{s.noise_rate:g}-{what}")
+            free = free_folder(out)
+            if free != out:
+                print(f"{out} exists: writing to {free} instead", file=sys.stderr)
+            out = free
+            os.makedirs(out, exist_ok=True)
+            _save_settings(s, out)
+        result = run(s, out)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"anm-train: error: {e}", file=sys.stderr)
+        return 2
+    _print_summary(result, out)
+    return 0
+
+
+def _print_summary(result: Dict, out: str) -> None:
+    res = result["results"]
+    print()
+    print(f"{result['dataset']}, noise {result['noise']} {result['noise_rate']:g}, "
+          f"device {result['device']}")
+    if len(res) == 1 and len(next(iter(res.values()))) == 1:
+        (m, per_seed), = res.items()
+        r = next(iter(per_seed.values()))
+        print(f"method {m}: test accuracy last epoch {100 * r['last']:.2f}%, best "
+              f"{100 * r['best']:.2f}%, mean of last 10 {100 * r['mean_last10']:.2f}%")
+        print(f"label quality ROC AUC (truly clean vs noisy): {r['quality_auc']:.3f}; "
+              f"realised noise rate {100 * r['realised_noise_rate']:.2f}%")
+    else:
+        print(table(res))
+    print(f"run folder: {os.path.abspath(out)}")

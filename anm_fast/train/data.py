@@ -1,0 +1,362 @@
+"""Data sets held in memory as normalised tensors, plus the label files of real noise.
+
+Everything here reads local files only: the digits set ships inside scikit-learn, CIFAR is read
+from a folder in torchvision's format and is never downloaded. Training iterates over index
+permutations of in-memory tensors (no DataLoader workers): on CPU this is much faster for small
+images, and the only random state is the trainer's own generator, which makes exact resume simple.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class DataBundle:
+    name: str
+    x_train: torch.Tensor           # (n, C, H, W) float32, normalised
+    y_train: np.ndarray             # (n,) int64 clean labels (-1 where unknown)
+    x_test: torch.Tensor
+    y_test: np.ndarray
+    num_classes: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    pad: int = 0                    # random-translation augmentation (pixels)
+    flip: bool = False              # horizontal flips make sense for photos, not for digits
+    coarse: Optional[np.ndarray] = None   # CIFAR-100 super-class of each fine class
+    class_names: List[str] = field(default_factory=list)
+
+    @property
+    def clean_known(self) -> bool:
+        return bool((self.y_train >= 0).all())
+
+
+class NoisyDataset(torch.utils.data.Dataset):
+    """(x, y_noisy, index) triples, for users who prefer a DataLoader over the trainer's loop."""
+
+    def __init__(self, x: torch.Tensor, y_noisy: np.ndarray):
+        if len(x) != len(y_noisy):
+            raise ValueError(f"{len(x)} images but {len(y_noisy)} labels")
+        self.x = x
+        self.y = torch.as_tensor(np.asarray(y_noisy), dtype=torch.int64)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i], i
+
+
+def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+# ----------------------------------------------------------------------------------------- digits
+def load_digits(test_fraction: float = 0.25) -> DataBundle:
+    """scikit-learn's 8x8 digits (1797 images). A fixed stratified split (seed 0) so every seed
+    and method is judged on the same 450 test images."""
+    try:
+        from sklearn.datasets import load_digits as _load
+    except ImportError as e:  # sklearn is a training extra, not a core dependency
+        raise ImportError("the digits data set needs scikit-learn: pip install 'anm_fast[train]'") from e
+    d = _load()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = np.asarray(d.target, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    test_idx = []
+    for c in range(10):
+        members = np.flatnonzero(y == c)
+        test_idx.extend(rng.permutation(members)[: int(round(test_fraction * len(members)))])
+    test_mask = np.zeros(len(y), bool)
+    test_mask[np.asarray(test_idx)] = True
+    mean, std = [float(x.mean())], [float(x.std())]
+    xn = _normalise(x, mean, std)
+    tr, te = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
+    return DataBundle("digits", xn[tr], y[tr], xn[te], y[te], 10, mean, std, pad=1, flip=False,
+                      class_names=[str(i) for i in range(10)])
+
+
+# ------------------------------------------------------------------------------------------ CIFAR
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], label="labels", meta="batches.meta",
+                    names="label_names", classes=10,
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"],
+                     label="fine_labels", meta="meta", names="fine_label_names", classes=100,
+                     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+
+
+def _unpickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar_root(name: str, data_dir: Optional[str]) -> str:
+    spec = _CIFAR[name]
+    if not data_dir:
+        raise FileNotFoundError(
+            f"--dataset {name} needs --data-dir: a folder holding torchvision's "
+            f"'{spec['folder']}' (nothing is downloaded)")
+    for root in (os.path.join(data_dir, spec["folder"]), data_dir):
+        if all(os.path.isfile(os.path.join(root, f)) for f in spec["train"] + spec["test"]):
+            return root
+    raise FileNotFoundError(
+        f"no {name} data in {data_dir!r}: expected torchvision's format, "
+        f"{os.path.join(data_dir, spec['folder'])}/{{{','.join(spec['train'] + spec['test'])}}} "
+        f"(download it yourself, e.g. torchvision.datasets.{name.upper().replace('CIFAR', 'CIFAR')}"
+        f"(root, download=True); the trainer never downloads)")
+
+
+def load_cifar(name: str, data_dir: Optional[str]) -> DataBundle:
+    """CIFAR-10/100 from the pickled batches torchvision writes (read directly: torchvision's own
+    class insists on checksums, which would reject subsets and test fixtures)."""
+    spec = _CIFAR[name]
+    root = _cifar_root(name, data_dir)
+
+    def read(files):
+        xs, ys, coarse = [], [], []
+        for f in files:
+            d = _unpickle(os.path.join(root, f))
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[spec["label"]], dtype=np.int64))
+            if "coarse_labels" in d:
+                coarse.append(np.asarray(d["coarse_labels"], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys), (np.concatenate(coarse) if coarse else None)
+
+    xtr, ytr, ctr = read(spec["train"])
+    xte, yte, _ = read(spec["test"])
+    for part, y in (("train", ytr), ("test", yte)):
+        if len(y) and (y.min() < 0 or y.max() >= spec["classes"]):
+            raise ValueError(f"{name} {part} labels outside [0, {spec['classes']})")
+    names = []
+    meta_path = os.path.join(root, spec["meta"])
+    if os.path.isfile(meta_path):
+        names = list(_unpickle(meta_path).get(spec["names"], []))
+    coarse_map = None
+    if ctr is not None:  # super-class of each fine class, from the data itself
+        coarse_map = np.full(spec["classes"], -1, np.int64)
+        coarse_map[ytr] = ctr
+        if (coarse_map < 0).any():
+            coarse_map = None  # a subset lacking some classes: fall back to the standard table
+
+    def tens(a):
+        return _normalise(torch.from_numpy(a).float() / 255.0, spec["mean"], spec["std"])
+
+    return DataBundle(name, tens(xtr), ytr, tens(xte), yte, spec["classes"], spec["mean"],
+                      spec["std"], pad=4, flip=True, coarse=coarse_map, class_names=names)
+
+
+# ------------------------------------------------------------------------------------ image folder
+def _scan(folder: str):
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    files, labels = [], []
+    for ci, c in enumerate(classes):
+        for dirpath, _, names in sorted(os.walk(os.path.join(folder, c))):
+            for n in sorted(names):
+                if n.lower().endswith(IMAGE_EXTS):
+                    files.append(os.path.relpath(os.path.join(dirpath, n), folder))
+                    labels.append(ci)
+    return classes, files, np.asarray(labels, dtype=np.int64)
+
+
+def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBundle:
+    """`data_dir/train/<class>/*.png` and `data_dir/test/<class>/*.png` (torchvision ImageFolder
+    layout), resized to image_size and held in memory. The folder name is the clean label of a
+    training image; real noisy labels come from a label list (--noise human --noise-file)."""
+    from PIL import Image
+
+    if not data_dir or not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--dataset imagefolder needs --data-dir pointing to an existing "
+                                f"folder with train/ and test/ sub-folders, got {data_dir!r}")
+    parts = {}
+    for part in ("train", "test"):
+        folder = os.path.join(data_dir, part)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"image folder {data_dir!r} has no '{part}/' sub-folder "
+                                    f"(expected {part}/<class name>/<image files>)")
+        parts[part] = _scan(folder)
+    classes = parts["train"][0]
+    if len(classes) < 2:
+        raise ValueError(f"{data_dir}/train needs at least 2 class folders, found {classes}")
+    if parts["test"][0] != classes:
+        raise ValueError(f"train/ and test/ of {data_dir!r} hold different class folders")
+
+    def read(part):
+        _, files, labels = parts[part]
+        if not files:
+            raise FileNotFoundError(f"no images in {os.path.join(data_dir, part)}")
+        arr = np.stack([np.asarray(Image.open(os.path.join(data_dir, part, f)).convert("RGB")
+                                   .resize((image_size, image_size), Image.BILINEAR))
+                        for f in files])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0, labels, files
+
+    xtr, ytr, files = read("train")
+    xte, yte, _ = read("test")
+    mean = [float(v) for v in xtr.mean(dim=(0, 2, 3))]
+    std = [max(float(v), 1e-3) for v in xtr.std(dim=(0, 2, 3))]
+    bundle = DataBundle("imagefolder", _normalise(xtr, mean, std), ytr, _normalise(xte, mean, std),
+                        yte, len(classes), mean, std, pad=max(1, image_size // 8), flip=True,
+                        class_names=classes)
+    bundle.train_files = files  # the label list may name images by path
+    return bundle
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None, *, image_size: int = 32,
+                 train_subset: Optional[int] = None) -> DataBundle:
+    if name == "digits":
+        bundle = load_digits()
+    elif name in _CIFAR:
+        bundle = load_cifar(name, data_dir)
+    elif name == "imagefolder":
+        bundle = load_image_folder(data_dir, image_size)
+    else:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if train_subset:  # quick experiments and tests: the first n training images
+        bundle.x_train = bundle.x_train[:train_subset]
+        bundle.y_train = bundle.y_train[:train_subset]
+        if hasattr(bundle, "train_files"):
+            bundle.train_files = bundle.train_files[:train_subset]
+    return bundle
+
+
+# ------------------------------------------------------------------------------ noisy label files
+def _numpy_safe_globals():
+    """The globals a torch.save'd dict of numpy arrays needs under weights_only=True (the
+    CIFAR-N files are such dicts; torch >= 2.6 refuses them by default)."""
+    out = [np.ndarray, np.dtype]
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            m = __import__(mod, fromlist=["_reconstruct"])
+            out.append(m._reconstruct)
+            break
+        except (ImportError, AttributeError):
+            continue
+    for t in (np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16, np.uint32, np.uint64,
+              np.float32, np.float64, np.bool_):
+        out.append(type(np.dtype(t)))
+    return out
+
+
+def _torch_load_labels(path: str, trust: bool):
+    try:
+        kwargs = dict(map_location="cpu", weights_only=True)
+        if hasattr(torch.serialization, "safe_globals"):
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                return torch.load(path, **kwargs)
+        if hasattr(torch.serialization, "add_safe_globals"):
+            torch.serialization.add_safe_globals(_numpy_safe_globals())
+        return torch.load(path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - unpickling errors have many types
+        if not trust:
+            raise ValueError(
+                f"could not read {path!r} with torch.load(weights_only=True): {e}. If you trust "
+                f"the file, pass --trust-noise-file (full unpickling), or convert it to .npy") from e
+        warnings.warn(f"loading {path} with full unpickling (--trust-noise-file)")
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _pick(obj, key: Optional[str], path: str):
+    if isinstance(obj, dict) or hasattr(obj, "files"):
+        keys = list(obj.files if hasattr(obj, "files") else obj.keys())
+        if key is None:
+            if len(keys) == 1:
+                key = keys[0]
+            else:
+                raise ValueError(f"{path} holds several label lists {keys}: choose one with "
+                                 f"--noise human:KEY")
+        if key not in keys:
+            raise ValueError(f"{path} has no label list {key!r}; it holds {keys}")
+        return obj[key]
+    return obj
+
+
+def load_label_file(path: str, key: Optional[str], *, n: int, num_classes: int,
+                    train_files: Optional[Sequence[str]] = None, trust: bool = False) -> np.ndarray:
+    """Noisy labels from a CIFAR-N .pt file (dict of arrays, e.g. 'worse_label'), .npy/.npz,
+    .json (a list, or a dict of lists), or text: one label per line in training order, or
+    '<relative image path> <label>' lines (Clothing1M style) for image folders."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"noisy label file not found: {path!r}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".pt", ".pth"):
+        labels = _pick(_torch_load_labels(path, trust), key, path)
+    elif ext == ".npy":
+        labels = np.load(path, allow_pickle=False)
+    elif ext == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            labels = np.asarray(_pick(f, key, path))
+    elif ext == ".json":
+        with open(path) as f:
+            labels = _pick(json.load(f), key, path)
+    else:
+        with open(path) as f:
+            rows = [ln.split() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        if rows and all(len(r) == 2 for r in rows):
+            if train_files is None:
+                raise ValueError(f"{path} lists '<path> <label>' pairs, which only an image-folder "
+                                 f"data set can match")
+            table = {os.path.normpath(p): int(l) for p, l in rows}
+            missing = [f for f in train_files if os.path.normpath(f) not in table]
+            if missing:
+                raise ValueError(f"{path} has no label for {len(missing)} training images "
+                                 f"(e.g. {missing[0]!r})")
+            labels = [table[os.path.normpath(f)] for f in train_files]
+        elif all(len(r) == 1 for r in rows):
+            labels = [int(r[0]) for r in rows]
+        else:
+            raise ValueError(f"{path}: each line must be '<label>' or '<path> <label>'")
+    if isinstance(labels, torch.Tensor):
+        labels = labels.numpy()
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        if labels.ndim == 1 and np.issubdtype(labels.dtype, np.floating) and \
+                np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise ValueError(f"{path}: expected a 1-D list of integer labels, got dtype "
+                             f"{labels.dtype} and shape {labels.shape}")
+    labels = labels.astype(np.int64)
+    if len(labels) != n:
+        raise ValueError(f"{path} has {len(labels)} labels but the training set has {n} images")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise ValueError(f"{path} has {int(bad.sum())} labels outside [0, {num_classes}) "
+                         f"(e.g. {int(labels[bad][0])} at index {int(np.flatnonzero(bad)[0])})")
+    return labels
+
+
+# -------------------------------------------------------------------------------- augmentation
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (zero padding in normalised space, i.e. the mean
+    colour) and optional horizontal flip, for a whole batch at once, from the trainer's generator."""
+    if pad <= 0 and not flip:
+        return x
+    B, C, H, W = x.shape
+    out = x
+    if pad > 0:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(x.device)
+        rows = (dy[:, None] + torch.arange(H, device=x.device))[:, :, None]   # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, :]   # (B, 1, W)
+        b = torch.arange(B, device=x.device)[:, None, None]
+        out = xp.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        f = (torch.rand(B, generator=gen) < 0.5).to(x.device)
+        out = torch.where(f[:, None, None, None], out.flip(3), out)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+        memory_format=torch.channels_last) and x.is_cuda else out.contiguous()

@@ -1,0 +1,287 @@
+"""The epoch loop of one (method, seed) run, and the driver over methods and seeds.
+
+One run = one folder `<out>/<method>/seed<k>/` with checkpoint.pt (rewritten atomically every
+epoch), metrics.jsonl and result.json. Starting a run whose folder holds a checkpoint continues it
+exactly: the state restored is the whole state (weights, optimisers, schedulers, generators, loss
+history), so 2 epochs + resume 2 gives the same weights as 4 epochs in one go on CPU.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from . import reporting
+from .data import DataBundle, load_dataset, load_label_file
+from .methods import Context, get_method
+from .noise import NoisyLabels, load_cached, make_noisy_labels, parse_noise, save_cached
+from .presets import resolve
+
+
+def choose_device(name: Optional[str]) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch")
+    return dev
+
+
+@dataclass
+class Settings:
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    noise: str = "sym"
+    noise_file: Optional[str] = None
+    noise_rate: float = 0.5
+    methods: List[str] = field(default_factory=lambda: ["dividemix-anm"])
+    seeds: List[int] = field(default_factory=lambda: [0])
+    device: Optional[str] = None
+    hp: Dict = field(default_factory=dict)             # overrides for every method
+    method_hp: Dict = field(default_factory=dict)      # overrides per method name
+    trust_noise_file: bool = False
+    progress: bool = True
+    plots: bool = True
+
+
+def prepare_labels(s: Settings, data: DataBundle, seed: int, cache: Optional[str]) -> NoisyLabels:
+    kind, key = parse_noise(s.noise)
+    meta = {"dataset": s.dataset, "noise": s.noise, "rate": s.noise_rate, "seed": seed,
+            "n": len(data.y_train)}
+    if cache:
+        cached = load_cached(cache, meta)
+        if cached is not None:
+            return cached
+    human = None
+    if kind == "human":
+        human = load_label_file(s.noise_file, key, n=len(data.y_train), num_classes=data.num_classes,
+                                train_files=getattr(data, "train_files", None),
+                                trust=s.trust_noise_file)
+    elif not data.clean_known:
+        raise ValueError("synthetic noise needs clean training labels")
+    labels = make_noisy_labels(kind, s.noise_rate, data.y_train, num_classes=data.num_classes,
+                               dataset=s.dataset, seed=seed, features=data.x_train.numpy(),
+                               coarse=data.coarse, human=human)
+    if not data.clean_known:
+        labels.realised_rate = float("nan")
+    if cache:
+        save_cached(cache, labels, meta)
+    return labels
+
+
+@torch.no_grad()
+def evaluate(method, data: DataBundle, device) -> float:
+    correct = 0
+    y = torch.as_tensor(data.y_test)
+    for i in range(0, len(y), 1024):
+        x = data.x_test[i:i + 1024].to(device)
+        if method.ctx.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        correct += int((method.predict(x).argmax(1).cpu() == y[i:i + 1024]).sum())
+    return correct / max(len(y), 1)
+
+
+def train_one(run_dir: str, data: DataBundle, labels: NoisyLabels, method_name: str, seed: int,
+              hp: Dict, device: torch.device, s: Settings, *, stop_after: Optional[int] = None,
+              on_checkpoint: Optional[Callable] = None) -> Optional[Dict]:
+    """Train (or continue) one run; returns its summary, or None when stopped by stop_after."""
+    os.makedirs(run_dir, exist_ok=True)
+    ckpt_path = os.path.join(run_dir, ckpt.CHECKPOINT)
+    gpu = device.type == "cuda"
+    if hp.get("threads"):
+        # small CPU models on a busy machine run faster on 1 thread than on contended 2
+        torch.set_num_threads(int(hp["threads"]))
+    torch.manual_seed(seed)  # model initialisation
+    ctx = Context(data=data, y_noisy=torch.as_tensor(labels.noisy, dtype=torch.int64).to(device),
+                  hp=hp, device=device, seed=seed, noise_kind=parse_noise(s.noise)[0],
+                  noise_rate=s.noise_rate, amp=gpu and hp.get("amp", True),
+                  channels_last=gpu and hp.get("channels_last", True))
+    method = get_method(method_name)(ctx)
+    if gpu and hp.get("compile"):
+        for net in method.nets():
+            net.compile()
+    start = 0
+    state = ckpt.load(ckpt_path)
+    if state is not None:
+        if state["method_name"] != method_name:
+            raise ValueError(f"{ckpt_path} belongs to method {state['method_name']!r}")
+        method.load_state_dict(state["method"])
+        if method.quality is not None:
+            method.quality = method.quality.to(device)
+        if hasattr(method, "probs"):  # DivideMix's co-divide posteriors
+            method.probs = [p.to(device) if p is not None else None for p in method.probs]
+        ckpt.set_rng_state(state["rng"])
+        start = int(state["epoch"])
+    log = reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), resume_epoch=start)
+    clean = data.y_train >= 0
+    is_clean = labels.noisy == data.y_train
+    epochs = int(hp["epochs"])
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        bar = None
+        if s.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=method.iterations(epoch), leave=False, file=sys.stderr,
+                       desc=f"{method_name} seed {seed} epoch {epoch + 1}/{epochs}")
+        try:
+            lr = method.lr()
+            stats = method.train_epoch(epoch, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        method.end_epoch()
+        acc = evaluate(method, data, device)
+        row = {"epoch": epoch, "test_acc": acc, "lr": lr, "seconds": round(time.time() - t0, 3)}
+        if method.quality is not None and clean.all():
+            row["quality_auc"] = reporting.roc_auc(is_clean, method.quality.cpu().numpy())
+        row.update({k: float(v) for k, v in stats.items()})
+        log.write(row)
+        if s.progress:
+            extra = f"  quality AUC {row['quality_auc']:.3f}" if "quality_auc" in row else ""
+            print(f"[{method_name} seed {seed}] epoch {epoch + 1}/{epochs}  test acc "
+                  f"{100 * acc:.2f}%{extra}  ({row['seconds']:.1f}s)", file=sys.stderr)
+        state = {"epoch": epoch + 1, "method_name": method_name, "seed": seed, "hp": _plain(hp),
+                 "method": method.state_dict(), "rng": ckpt.rng_state()}
+        if on_checkpoint is not None:
+            on_checkpoint(epoch + 1)
+        ckpt.save_atomic(state, ckpt_path)
+        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
+            return None
+    summary = reporting.summarise(log.rows())
+    q = method.final_quality().detach().float().cpu().numpy()
+    summary.update(realised_noise_rate=labels.realised_rate,
+                   quality_auc=reporting.roc_auc(is_clean, q) if clean.all() else float("nan"),
+                   method=method_name, seed=seed)
+    reporting.write_json(os.path.join(run_dir, "result.json"), summary)
+    if s.plots:
+        try:
+            if clean.all():
+                reporting.plot_quality_hist(q, is_clean, os.path.join(run_dir, "quality_hist.png"),
+                                            f"{method_name}, seed {seed}: label quality")
+            gallery(method, data, labels, q, os.path.join(run_dir, "gallery.png"))
+        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+            print(f"warning: plots failed: {e}", file=sys.stderr)
+    return summary
+
+
+def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: str, n: int = 8):
+    """Energy maps and erased boxes of the first noisy and clean training images."""
+    from ..api import anm_mask
+    from .presets import anm_config
+
+    net = method.nets()[0]
+    noisy_idx = np.flatnonzero(labels.noisy != data.y_train)[: n // 2]
+    clean_idx = np.flatnonzero(labels.noisy == data.y_train)[: n - len(noisy_idx)]
+    idx = torch.as_tensor(np.concatenate([noisy_idx, clean_idx]), dtype=torch.int64)
+    x = data.x_train[idx].to(method.ctx.device).float()
+    feats = {}
+
+    def hook(module, inputs, output):  # must return None, or it would replace the output
+        feats["f"] = output.detach().float()
+
+    handle = net.get_submodule(net.anm_feature_layer).register_forward_hook(hook)
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        handle.remove()
+        net.train(was)
+    qb = torch.as_tensor(q[idx.numpy()], dtype=torch.float32, device=x.device).clamp(0, 1)
+    labels_t = torch.as_tensor(labels.noisy[idx.numpy()], device=x.device)
+    mb = anm_mask(x.contiguous(), feats["f"].contiguous(), labels_t, qb,
+                  config=anm_config(method.hp), seed=0, num_classes=data.num_classes)
+    import torch.nn.functional as F
+
+    energy = F.interpolate(mb.energy[:, None], size=x.shape[-2:], mode="bilinear",
+                           align_corners=False)[:, 0]
+    names = [f"y={int(labels_t[i])} true={int(data.y_train[int(j)])} q={float(qb[i]):.2f}"
+             for i, j in enumerate(idx)]
+    reporting.plot_gallery(x.cpu(), energy.cpu(), mb.box_max.cpu(), mb.box_min.cpu(), names, path,
+                           mean=data.mean, std=data.std)
+
+
+def _plain(hp: Dict) -> Dict:
+    return {k: v for k, v in hp.items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
+def free_folder(path: str) -> str:
+    """`path` if it does not exist (or is empty), else the first free `path-2`, `path-3`, ...:
+    an existing run folder is never overwritten."""
+    if not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path)):
+        return path
+    k = 2
+    while os.path.exists(f"{path}-{k}"):
+        k += 1
+    return f"{path}-{k}"
+
+
+def run(s: Settings, out: str, *, stop_after: Optional[int] = None,
+        on_checkpoint: Optional[Callable] = None) -> Dict:
+    """All methods x seeds on the same noisy labels; results.json, the table and the plots."""
+    device = choose_device(s.device)
+    for m in s.methods:
+        get_method(m)  # fail fast on a typo, before loading any data
+    kind, _ = parse_noise(s.noise)
+    first_hp = _hp_for(s, s.methods[0], kind)
+    data = load_dataset(s.dataset, s.data_dir, image_size=int(first_hp["image_size"]),
+                        train_subset=first_hp.get("train_subset"))
+    os.makedirs(out, exist_ok=True)
+    results: Dict[str, Dict[str, Dict]] = {m: {} for m in s.methods}
+    curves: Dict[str, List[List[float]]] = {m: [] for m in s.methods}
+    interrupted = False
+    for seed in s.seeds:
+        labels = prepare_labels(s, data, seed, os.path.join(out, "noise", f"seed{seed}.npz"))
+        print(f"seed {seed}: {labels.description}, realised noise rate "
+              f"{100 * labels.realised_rate:.2f}% on {len(labels.noisy)} training images",
+              file=sys.stderr)
+        for m in s.methods:
+            hp = _hp_for(s, m, kind)
+            run_dir = os.path.join(out, m, f"seed{seed}")
+            done = os.path.join(run_dir, "result.json")
+            if os.path.exists(done) and _finished(done, hp):
+                import json
+
+                with open(done) as f:
+                    summary = json.load(f)
+            else:
+                summary = train_one(run_dir, data, labels, m, seed, hp, device, s,
+                                    stop_after=stop_after, on_checkpoint=on_checkpoint)
+            if summary is None:
+                interrupted = True
+                continue
+            results[m][str(seed)] = summary
+            curves[m].append([r["test_acc"] for r in
+                              reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"),
+                                                   resume_epoch=10**9).rows()])
+    out_obj = {"dataset": s.dataset, "noise": s.noise, "noise_rate": s.noise_rate,
+               "device": str(device), "results": results, "complete": not interrupted}
+    reporting.write_json(os.path.join(out, "results.json"), out_obj)
+    if s.plots and any(curves.values()):
+        try:
+            reporting.plot_curves(curves, os.path.join(out, "accuracy.png"),
+                                  f"{s.dataset}, {s.noise} {s.noise_rate:g}")
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: accuracy plot failed: {e}", file=sys.stderr)
+    return out_obj
+
+
+def _finished(result_path: str, hp: Dict) -> bool:
+    import json
+
+    with open(result_path) as f:
+        return json.load(f).get("epochs") == int(hp["epochs"])
+
+
+def _hp_for(s: Settings, method: str, kind: str) -> Dict:
+    overrides = dict(s.hp)
+    overrides.update(s.method_hp.get(method, {}))
+    return resolve(method, s.dataset, kind, s.noise_rate, overrides)

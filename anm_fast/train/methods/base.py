@@ -1,0 +1,240 @@
+"""What every training method shares: the run context, batching, optimisers, eval passes."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import DataBundle, augment
+
+
+@dataclass
+class Context:
+    data: DataBundle
+    y_noisy: torch.Tensor          # (n,) int64 on device
+    hp: Dict[str, Any]
+    device: torch.device
+    seed: int
+    noise_kind: str
+    noise_rate: float
+    amp: bool = False              # bf16 autocast (GPU only)
+    channels_last: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.y_noisy)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+
+class Method:
+    """A training method: owns its networks, optimisers, schedulers and random generators."""
+
+    name = "base"
+    uses_anm = False
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.hp = ctx.hp
+        # All randomness of the loop comes from these generators (shuffles, augmentations, MixUp
+        # coefficients, ANM seeds), so a checkpoint of their states gives an exact resume.
+        self.gen = torch.Generator().manual_seed(ctx.seed * 1000003 + 17)
+        self.np_rng = np.random.Generator(np.random.PCG64(ctx.seed + 12345))
+        self.quality: Optional[torch.Tensor] = None   # latest label quality of the train set
+
+    # -------------------------------------------------------------------------- building blocks
+    def build_net(self) -> torch.nn.Module:
+        from ...models import build_model
+
+        d = self.ctx.data
+        kwargs = {}
+        name = self.hp["model"]
+        if name in ("resnet18", "resnet50") and d.x_train.shape[-1] <= 64:
+            kwargs["cifar_stem"] = True
+        if self.hp.get("width") and name in ("small_cnn", "preact_resnet18"):
+            kwargs["width"] = int(self.hp["width"])
+        net = build_model(name, d.num_classes, in_channels=d.x_train.shape[1], **kwargs)
+        if self.hp.get("pretrained"):
+            # Local weights only (never downloaded); the classifier head may differ in size.
+            state = torch.load(self.hp["pretrained"], map_location="cpu", weights_only=True)
+            own = net.state_dict()
+            state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            net.load_state_dict(state, strict=False)
+        net = net.to(self.ctx.device)
+        if self.ctx.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return net
+
+    def build_opt(self, params):
+        opt = torch.optim.SGD(list(params), lr=self.hp["lr"], momentum=self.hp["momentum"],
+                              weight_decay=self.hp["weight_decay"])
+        if self.hp["schedule"] == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.hp["epochs"]))
+        elif self.hp["schedule"] == "step":
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[self.hp["lr_step"]],
+                                                         gamma=0.1)
+        else:
+            raise ValueError(f"unknown schedule {self.hp['schedule']!r}: step or cosine")
+        return opt, sched
+
+    def autocast(self):
+        if self.ctx.amp:
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def batches(self, indices: torch.Tensor, batch_size: int, drop_last: bool = False):
+        """Shuffled mini-batches of `indices` (a CPU int64 tensor) from the method's generator."""
+        perm = indices[torch.randperm(len(indices), generator=self.gen)]
+        stop = len(perm) - (len(perm) % batch_size if drop_last else 0)
+        for i in range(0, stop, batch_size):
+            yield perm[i:i + batch_size]
+
+    def images(self, idx: torch.Tensor, aug: bool = True) -> torch.Tensor:
+        x = self.ctx.data.x_train[idx].to(self.ctx.device, non_blocking=True)
+        if aug:
+            x = augment(x, self.gen, self.ctx.data.pad, self.ctx.data.flip)
+        if self.ctx.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def labels(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.ctx.y_noisy[idx.to(self.ctx.device)]
+
+    def one_hot(self, y: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(y, self.ctx.num_classes).float()
+
+    @torch.no_grad()
+    def train_logits(self, net) -> torch.Tensor:
+        """Logits of every (un-augmented) training image in eval mode: the loss pass of stage 5."""
+        was = net.training
+        net.eval()
+        out = []
+        bs = 512
+        for i in range(0, self.ctx.n, bs):
+            idx = torch.arange(i, min(i + bs, self.ctx.n))
+            with self.autocast():
+                out.append(net(self.images(idx, aug=False)).float())
+        net.train(was)
+        return torch.cat(out)
+
+    def clean_posterior(self, net, history=None) -> torch.Tensor:
+        """Stage 5: GMM posterior of the low-loss component over per-sample CE on noisy labels."""
+        from ...quality import gmm_clean_posterior
+
+        losses = F.cross_entropy(self.train_logits(net), self.ctx.y_noisy, reduction="none")
+        if history is not None and self.hp.get("loss_history"):
+            history.append(losses)
+            return history.clean_posterior()
+        return gmm_clean_posterior(losses)
+
+    def warmup_step(self, net, opt, idx) -> float:
+        x, y = self.images(idx), self.labels(idx)
+        with self.autocast():
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if self.hp.get("conf_penalty"):
+            # DivideMix's warm-up penalty for asymmetric noise: discourage over-confidence.
+            p = logits.float().softmax(1)
+            loss = loss + (p * p.clamp_min(1e-12).log()).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------------------- interface
+    def nets(self) -> List[torch.nn.Module]:
+        raise NotImplementedError
+
+    def train_epoch(self, epoch: int, bar=None) -> Dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (eval mode); methods with two networks average them."""
+        probs = 0
+        for net in self.nets():
+            was = net.training
+            net.eval()
+            with self.autocast():
+                probs = probs + net(x).float().softmax(1)
+            net.train(was)
+        return probs / len(self.nets())
+
+    def final_quality(self) -> torch.Tensor:
+        """Label quality to report at the end: the method's own, else the GMM of its net."""
+        if self.quality is not None:
+            return self.quality
+        return self.clean_posterior(self.nets()[0])
+
+    def lr(self) -> float:
+        return self._opts()[0].param_groups[0]["lr"]
+
+    def end_epoch(self):
+        for s in self._scheds():
+            s.step()
+
+    def _opts(self):
+        return self.opts
+
+    def _scheds(self):
+        return self.scheds
+
+    def state_dict(self) -> Dict[str, Any]:
+        return dict(
+            nets=[n.state_dict() for n in self.nets()],
+            opts=[o.state_dict() for o in self._opts()],
+            scheds=[s.state_dict() for s in self._scheds()],
+            gen=self.gen.get_state(),
+            np_rng=_np_state_to_tensors(self.np_rng.bit_generator.state),
+            quality=self.quality,
+            extra=self.extra_state(),
+        )
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for n, s in zip(self.nets(), state["nets"]):
+            n.load_state_dict(s)
+        for o, s in zip(self._opts(), state["opts"]):
+            o.load_state_dict(s)
+        for sc, s in zip(self._scheds(), state["scheds"]):
+            sc.load_state_dict(s)
+        self.gen.set_state(state["gen"])
+        self.np_rng.bit_generator.state = _np_state_from_tensors(state["np_rng"])
+        self.quality = state["quality"]
+        self.load_extra_state(state.get("extra") or {})
+
+    def extra_state(self) -> Dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None:
+        pass
+
+
+def _np_state_to_tensors(state):
+    # PCG64 state holds 128-bit integers; store them as decimal strings so the checkpoint loads
+    # with torch.load(weights_only=True).
+    return {"bit_generator": state["bit_generator"],
+            "state": str(state["state"]["state"]), "inc": str(state["state"]["inc"]),
+            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
+
+
+def _np_state_from_tensors(d):
+    return {"bit_generator": d["bit_generator"],
+            "state": {"state": int(d["state"]), "inc": int(d["inc"])},
+            "has_uint32": d["has_uint32"], "uinteger": d["uinteger"]}
+
+
+def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:
+    pt = p ** (1.0 / T)
+    return pt / pt.sum(1, keepdim=True)
+
+
+def linear_rampup(current: float, warmup: int, length: int) -> float:
+    if length <= 0:
+        return 1.0
+    return float(np.clip((current - warmup) / length, 0.0, 1.0))

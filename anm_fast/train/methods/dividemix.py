@@ -1,0 +1,188 @@
+"""DivideMix (Li et al. 2020) and DivideMix + ANM (the released "SANM" recipe of the spec).
+
+Two networks. After a cross-entropy warm-up, every epoch each network's per-sample losses are fit
+by a two-component GMM (co-divide); each network is then trained on the split made by the *other*
+network: samples with clean posterior > p_threshold are labeled (their label refined with the
+network's own prediction, weighted by the posterior), the rest unlabeled (co-guessed by both
+networks), and MixMatch mixes them. With ANM, the max- and min-erased copies of the labeled and of
+the unlabeled images join MixUp with their modulated targets, and a decoder reconstructs the clean
+image from the erased images' features (loss weight recon_weight).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Method, linear_rampup, sharpen
+from .anm_parts import make_decoder, masked_step_inputs
+
+
+class DivideMix(Method):
+    name = "dividemix"
+    uses_anm = False
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.net1, self.net2 = self.build_net(), self.build_net()
+        self.decoders = []
+        if self.uses_anm:
+            from ..presets import anm_config
+
+            self.anm_cfg = anm_config(self.hp)
+            self.decoders = [make_decoder(self, self.net1), make_decoder(self, self.net2)]
+        self.opts, self.scheds = [], []
+        for i, net in enumerate((self.net1, self.net2)):
+            params = list(net.parameters())
+            if self.decoders:
+                params += list(self.decoders[i].parameters())
+            opt, sched = self.build_opt(params)
+            self.opts.append(opt)
+            self.scheds.append(sched)
+        self.histories = None
+        if self.hp.get("loss_history"):
+            from ...quality import LossHistory
+
+            self.histories = [LossHistory(5), LossHistory(5)]
+        self.probs = [None, None]
+
+    def nets(self):
+        return [self.net1, self.net2]
+
+    def iterations(self, epoch):
+        if epoch < self.hp["warmup"]:
+            bs = 2 * self.hp["batch_size"]  # DivideMix warms up with twice the batch
+            return 2 * ((self.ctx.n + bs - 1) // bs)
+        return sum(self._num_iter(p) for p in self._splits_estimate())
+
+    def _splits_estimate(self):
+        return [self.probs[1], self.probs[0]]
+
+    def _num_iter(self, prob):
+        if prob is None:
+            return self.ctx.n // self.hp["batch_size"] + 1
+        labeled = max(int((prob > self.hp["p_threshold"]).sum()), self.hp["batch_size"])
+        return (labeled + self.hp["batch_size"] - 1) // self.hp["batch_size"]
+
+    def train_epoch(self, epoch, bar=None):
+        hp = self.hp
+        if epoch < hp["warmup"]:
+            stats = {}
+            for k, (net, opt) in enumerate(zip(self.nets(), self.opts)):
+                net.train()
+                losses = []
+                for idx in self.batches(torch.arange(self.ctx.n), 2 * hp["batch_size"]):
+                    losses.append(self.warmup_step(net, opt, idx))
+                    if bar is not None:
+                        bar.update(1)
+                stats[f"loss{k + 1}"] = sum(losses) / max(len(losses), 1)
+            return stats
+        # co-divide: each network's clean posterior decides the other network's split
+        h = self.histories or [None, None]
+        self.probs = [self.clean_posterior(self.net1, h[0]), self.clean_posterior(self.net2, h[1])]
+        self.quality = (self.probs[0] + self.probs[1]) / 2
+        stats = {}
+        for k, (net, other, opt, prob) in enumerate((
+                (self.net1, self.net2, self.opts[0], self.probs[1]),
+                (self.net2, self.net1, self.opts[1], self.probs[0]))):
+            stats.update({f"{key}{k + 1}": v for key, v in
+                          self._train_net(epoch, net, other, opt, prob, k, bar).items()})
+        return stats
+
+    def _train_net(self, epoch, net, other, opt, prob, k, bar):
+        hp = self.hp
+        B, T, N = hp["batch_size"], hp["T"], self.ctx.num_classes
+        prob_cpu = prob.detach().cpu()
+        labeled = torch.nonzero(prob_cpu > hp["p_threshold"]).flatten()
+        unlabeled = torch.nonzero(prob_cpu <= hp["p_threshold"]).flatten()
+        if len(labeled) < B:  # ours: never train on an empty labeled set
+            labeled = torch.argsort(prob_cpu, descending=True)[:B]
+        if len(unlabeled) == 0:  # ours: co-guess on everything when nothing looks noisy
+            unlabeled = torch.arange(self.ctx.n)
+        num_iter = (len(labeled) + B - 1) // B   # one pass over the labeled set
+        net.train()
+        other.eval()
+        u_iter = iter(())
+        sums = {"Lx": 0.0, "Lu": 0.0, "recon": 0.0}
+        steps = 0
+        for it, idx_x in enumerate(self.batches(labeled, B)):
+            try:
+                idx_u = next(u_iter)
+            except StopIteration:
+                u_iter = self.batches(unlabeled, B)
+                idx_u = next(u_iter)
+            x1, x2 = self.images(idx_x), self.images(idx_x)
+            u1, u2 = self.images(idx_u), self.images(idx_u)
+            y = self.one_hot(self.labels(idx_x))
+            w = prob[idx_x.to(prob.device)].to(self.ctx.device).float()[:, None]
+            with torch.no_grad(), self.autocast():
+                # co-guessing on the unlabeled batch, label refinement on the labeled one
+                pu = (net(u1).float().softmax(1) + net(u2).float().softmax(1) +
+                      other(u1).float().softmax(1) + other(u2).float().softmax(1)) / 4
+                tu = sharpen(pu, T)
+                px = (net(x1).float().softmax(1) + net(x2).float().softmax(1)) / 2
+                tx = sharpen(w * y + (1 - w) * px, T)
+            groups_x, targets_x = [x1, x2], [tx, tx]
+            groups_u, targets_u = [u1, u2], [tu, tu]
+            recon = None
+            if self.uses_anm:
+                wu = prob[idx_u.to(prob.device)].to(self.ctx.device).float()
+                ex, etx, eu, etu, recon = masked_step_inputs(
+                    self, net, self.decoders[k], x1, tx, w[:, 0], idx_x, u1, tu, wu, idx_u)
+                groups_x += [ex]
+                targets_x += [etx]
+                groups_u += [eu]
+                targets_u += [etu]
+            all_in = torch.cat(groups_x + groups_u)
+            all_t = torch.cat(targets_x + targets_u)
+            n_x = sum(len(g) for g in groups_x)
+            lam = float(self.np_rng.beta(hp["alpha"], hp["alpha"]))
+            lam = max(lam, 1 - lam)
+            perm = torch.randperm(len(all_in), generator=self.gen).to(self.ctx.device)
+            mixed_in = lam * all_in + (1 - lam) * all_in[perm]
+            mixed_t = lam * all_t + (1 - lam) * all_t[perm]
+            with self.autocast():
+                logits = net(mixed_in).float()
+            lx = -(F.log_softmax(logits[:n_x], 1) * mixed_t[:n_x]).sum(1).mean()
+            lu = ((logits[n_x:].softmax(1) - mixed_t[n_x:]) ** 2).mean()
+            lamb = hp["lambda_u"] * linear_rampup(epoch + it / num_iter, hp["warmup"],
+                                                  hp["rampup"])
+            loss = lx + lamb * lu
+            if hp.get("prior_penalty", True):
+                prior = torch.full((N,), 1.0 / N, device=logits.device)
+                pred_mean = logits.softmax(1).mean(0)
+                loss = loss + (prior * (prior / pred_mean).log()).sum()
+            if recon is not None:
+                loss = loss + hp["recon_weight"] * recon
+                sums["recon"] += float(recon.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums["Lx"] += float(lx.detach())
+            sums["Lu"] += float(lu.detach())
+            steps += 1
+            if bar is not None:
+                bar.update(1)
+        out = {key: v / max(steps, 1) for key, v in sums.items()}
+        out["labeled"] = float(len(labeled)) / self.ctx.n
+        if not self.uses_anm:
+            out.pop("recon")
+        return out
+
+    def extra_state(self):
+        return dict(probs=self.probs,
+                    decoders=[d.state_dict() for d in self.decoders],
+                    histories=[list(h._epochs) for h in self.histories] if self.histories else None)
+
+    def load_extra_state(self, state):
+        self.probs = state.get("probs", [None, None])
+        for d, s in zip(self.decoders, state.get("decoders") or []):
+            d.load_state_dict(s)
+        if self.histories and state.get("histories"):
+            for h, epochs in zip(self.histories, state["histories"]):
+                h._epochs.clear()
+                h._epochs.extend(epochs)
+
+
+class DivideMixANM(DivideMix):
+    name = "dividemix-anm"
+    uses_anm = True
