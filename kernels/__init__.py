@@ -6,6 +6,7 @@ imports triton: it raises ImportError where triton is missing.
 """
 from .activation_peaks import activation_peaks
 from .erase import erase_and_modulate, erase_and_modulate_backward
+from .fused import sample_and_erase
 from .sample_boxes import sample_boxes
 
 # Operator name -> launcher, what anm_fast/backend.py registers.
@@ -16,5 +17,6 @@ LAUNCHERS = {
     "erase_and_modulate_backward": erase_and_modulate_backward,
 }
 
+# Not an operator: stages 2 and 3 in one launch (sample_boxes + erase_and_modulate).
 __all__ = ["LAUNCHERS", "activation_peaks", "sample_boxes", "erase_and_modulate",
-           "erase_and_modulate_backward"]
+           "erase_and_modulate_backward", "sample_and_erase"]

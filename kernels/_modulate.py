@@ -39,28 +39,30 @@ def _argmax_row(t_row, ts1, N, OPM64: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _shift(t_k, ratio_ptr, b, gain, OPM64: tl.constexpr):
-    """d = min(gain * s, t_k) and whether the clamp is active (anm_common.h label_shift)."""
+def _shift(t_k, ratio, gain, OPM64: tl.constexpr):
+    """d = min(gain * s, t_k) and whether the clamp is active (anm_common.h label_shift).
+    ratio: the sample's mask ratio s as float32."""
     if OPM64:
         opm = tl.float64
     else:
         opm = tl.float32
-    want = tl.load(ratio_ptr + b).to(tl.float32).to(opm) * gain.to(opm)
+    want = ratio.to(opm) * gain.to(opm)
     clamped = want > t_k
     return tl.where(clamped, t_k, want), clamped
 
 
 @triton.jit
-def modulate_row(t_ptr, ts0, ts1, out_ptr, ratio_ptr, rs0, b, N, gain,
+def modulate_row(t_ptr, ts0, ts1, out_ptr, ratio, b, N, gain,
                  OPM64: tl.constexpr, BLOCK_N: tl.constexpr):
-    """t'_k = t_k - d, t'_c = t_c + d / (N - 1) for c != k; out is contiguous (B, N)."""
+    """t'_k = t_k - d, t'_c = t_c + d / (N - 1) for c != k; out is contiguous (B, N).
+    ratio: sample b's mask ratio (float32 value); gain: float64."""
     if OPM64:
         opm = tl.float64
     else:
         opm = tl.float32
     t_row = t_ptr + b * ts0
     k, t_k = _argmax_row(t_row, ts1, N, OPM64, BLOCK_N)
-    d, _clamped = _shift(t_k, ratio_ptr, b * rs0, gain, OPM64)
+    d, _clamped = _shift(t_k, ratio, gain, OPM64)
     share = _div(d, as_type(N - 1, opm), OPM64)
     for n0 in range(0, N, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
@@ -80,7 +82,8 @@ def modulate_row_backward(g_ptr, gs0, gs1, t_ptr, ts0, ts1, out_ptr, ratio_ptr, 
     else:
         opm = tl.float32
     k, t_k = _argmax_row(t_ptr + b * ts0, ts1, N, OPM64, BLOCK_N)
-    _d, clamped = _shift(t_k, ratio_ptr, b * rs0, gain, OPM64)
+    ratio = tl.load(ratio_ptr + b * rs0).to(tl.float32)
+    _d, clamped = _shift(t_k, ratio, gain, OPM64)
     g_row = g_ptr + b * gs0
     total = tl.zeros([BLOCK_N], opm)
     for n0 in range(0, N, BLOCK_N):

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from anm_fast.reference import erased_memory_format
 
-from ._common import device_guard, f64_arg, f64_bits, next_pow2, opmath_is_f64
+from ._common import NO_FMA, device_guard, f64_arg, f64_bits, next_pow2, opmath_is_f64
 from ._modulate import modulate_row, modulate_row_backward
 
 BLOCK = 1024
@@ -71,8 +71,8 @@ def _erase_kernel(x_ptr, xs0, xs1, xs2, xs3, out_ptr, t_ptr, ts0, ts1, t_out_ptr
     tl.store(dst, tl.where(m_max, f_max, v), mask=mask)
     tl.store(out_ptr + (b + B) * CHW + offs, tl.where(m_min, f_min, v), mask=mask)  # int64
     if tile == 0:
-        modulate_row(t_ptr, ts0, ts1, t_out_ptr, ratio_ptr, rs0, b, N, f64_arg(gain_bits),
-                     OPM64, BLOCK_N)
+        ratio = tl.load(ratio_ptr + b * rs0).to(tl.float32)
+        modulate_row(t_ptr, ts0, ts1, t_out_ptr, ratio, b, N, f64_arg(gain_bits), OPM64, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=["gain_bits"])
@@ -138,7 +138,7 @@ def erase_and_modulate(x, targets, box_max, box_min, fill_max, fill_min, ratio,
             fill_max, *fill_max.stride(), fill_min, *fill_min.stride(), ratio, ratio.stride(0),
             B, C, H, W, N, f64_bits(label_gain), tiles,
             CHANNELS_LAST=fmt == torch.channels_last, OPM64=opmath_is_f64(targets.dtype),
-            BLOCK=BLOCK, BLOCK_N=min(next_pow2(N), 1024), num_warps=4)
+            BLOCK=BLOCK, BLOCK_N=min(next_pow2(N), 1024), num_warps=4, **NO_FMA)
     return erased, t_out
 
 
@@ -168,5 +168,5 @@ def erase_and_modulate_backward(grad_erased, grad_targets, targets, box_max, box
             B, C, H, W, N, f64_bits(label_gain), tiles,
             CHANNELS_LAST=fmt == torch.channels_last,
             OPM64=opmath_is_f64(targets.dtype, grad_targets.dtype),
-            BLOCK=BLOCK, BLOCK_N=min(next_pow2(N), 1024), num_warps=4)
+            BLOCK=BLOCK, BLOCK_N=min(next_pow2(N), 1024), num_warps=4, **NO_FMA)
     return grad_x, grad_t

@@ -333,3 +333,26 @@ def test_registered_ops_use_triton_on_cuda():
                            R.sample_boxes(*cpu(args[:5]), *args[5:15], args[15].cpu()))
     finally:
         anm_fast.set_backend(previous)
+
+
+# ------------------------------------------------------------------ fused sample_boxes + erase
+@pytest.mark.parametrize("case", [
+    (5, 3, 32, 32, 10, torch.float32, "contiguous", True, True),
+    (3, 2, 17, 40, 3, torch.float16, "channels_last", False, False),  # 2 tiles, constant fill
+])
+def test_sample_and_erase_equals_the_two_ops(device, case):
+    B, C, H, W, N, dtype, layout, uniform, anchor = case
+    x = make_layout(torch.randn(B, C, H, W, device=device).to(dtype), layout)
+    t = torch.softmax(torch.randn(B, N, device=device), 1).to(dtype)
+    args = sample_args(B, H, W, C, device, seed=99, anchor=anchor, uniform=uniform,
+                       config=anm_fast.ANMConfig(area_lo=0.05, area_hi=0.3))
+    pmax, pmin, q, ids, seed = args[:5]
+    params = args[8:13]
+    got = K.sample_and_erase(x, t, pmax, pmin, q, ids, seed, *params, anchor, uniform, args[15],
+                             1.0)
+    boxes = R.sample_boxes(*cpu(args[:5]), *args[5:15], args[15].cpu())
+    bmax, bmin, ratio, fmax, fmin = boxes
+    erased, targets = R.erase_and_modulate(x.cpu(), t.cpu(), bmax, bmin, fmax, fmin, ratio, 1.0)
+    assert got[0].stride() == erased.stride()
+    for g, w in zip(got, (erased, targets) + boxes):
+        assert g.dtype == w.dtype and torch.equal(g.cpu(), w)
