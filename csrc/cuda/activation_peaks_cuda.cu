@@ -29,6 +29,11 @@ struct Tap {
   float lambda;
 };
 
+// Bytes of the tap table for an H x W output, rounded up so the map after it stays aligned.
+__host__ __device__ __forceinline__ int64_t tap_table_bytes(int64_t H, int64_t W) {
+  return (static_cast<int64_t>(sizeof(Tap)) * (H + W) + 15) / 16 * 16;
+}
+
 __device__ __forceinline__ Tap make_tap(int64_t dst, int64_t in_size, int64_t out_size) {
   const LinearTap t = linear_tap(dst, in_size, out_size);
   Tap o;
@@ -90,7 +95,7 @@ __global__ void __launch_bounds__(kPeakThreads) activation_peaks_kernel(
 
   // Layout of the dynamic shared memory: [taps (H + W)] [map (P acc_t)], each part optional.
   Tap* taps = reinterpret_cast<Tap*>(smem_raw);
-  unsigned char* after_taps = smem_raw + (taps_in_smem ? sizeof(Tap) * (H + W) : 0);
+  unsigned char* after_taps = smem_raw + (taps_in_smem ? tap_table_bytes(H, W) : 0);
   acc_t* e = map_in_smem ? reinterpret_cast<acc_t*>(after_taps) : scratch + b * P;
 
   if (taps_in_smem) {
@@ -233,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> activation_peaks_cuda(const at::T
   const bool f64 = fmap.scalar_type() == at::kDouble;
   const int64_t acc_size = f64 ? 8 : 4;
   const int64_t map_bytes = h * w * acc_size;
-  const int64_t tap_bytes = (height + width) * static_cast<int64_t>(sizeof(Tap));
+  const int64_t tap_bytes = tap_table_bytes(height, width);
   bool map_in_smem, taps_in_smem;
   if (map_bytes + tap_bytes <= kDynSmemLimit) {
     map_in_smem = taps_in_smem = true;
