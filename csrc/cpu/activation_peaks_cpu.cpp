@@ -1,6 +1,7 @@
 // Stage 1 on the CPU: energy map, L2 normalisation and the peaks of its bilinear resize, one
 // sample per task. The H x W resized map is never stored: each output row is interpolated from
-// the horizontally resized source rows (h x W floats) and scanned on the fly.
+// the horizontally resized source rows (h x W floats) and reduced to its max and min on the fly;
+// only the first row reaching each peak's threshold is interpolated again to locate the pixel.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -16,9 +17,11 @@ namespace anm_fast {
 namespace {
 
 // Sum over channels of f^2 for every position of one sample, in accumulator type acc_t.
+// Every path adds the channels to each position in the same order (k = 0, 1, ...), so the
+// energies are the same whichever path runs.
 template <typename scalar_t, typename acc_t>
 void sample_energy(const scalar_t* f, int64_t K, int64_t h, int64_t w, int64_t sK, int64_t sH,
-                   int64_t sW, acc_t* e) {
+                   int64_t sW, acc_t* __restrict__ e) {
   const int64_t P = h * w;
   for (int64_t p = 0; p < P; ++p) e[p] = acc_t(0);
   if (sK == 1 && K > 1) {  // channels_last: channels are the contiguous axis
@@ -32,6 +35,33 @@ void sample_energy(const scalar_t* f, int64_t K, int64_t h, int64_t w, int64_t s
         }
         e[y * w + x] = acc;
       }
+  } else if (sW == 1 && sH == w) {
+    // Each channel's h x w plane is contiguous: one unit-stride loop over the P positions,
+    // four channels per sweep so e[] is loaded and stored a quarter as often (vectorised).
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+      const scalar_t* __restrict__ f0 = f + k * sK;
+      const scalar_t* __restrict__ f1 = f0 + sK;
+      const scalar_t* __restrict__ f2 = f1 + sK;
+      const scalar_t* __restrict__ f3 = f2 + sK;
+      for (int64_t p = 0; p < P; ++p) {
+        const acc_t v0 = static_cast<acc_t>(f0[p]), v1 = static_cast<acc_t>(f1[p]);
+        const acc_t v2 = static_cast<acc_t>(f2[p]), v3 = static_cast<acc_t>(f3[p]);
+        acc_t acc = e[p];
+        acc += v0 * v0;
+        acc += v1 * v1;
+        acc += v2 * v2;
+        acc += v3 * v3;
+        e[p] = acc;
+      }
+    }
+    for (; k < K; ++k) {
+      const scalar_t* __restrict__ fk = f + k * sK;
+      for (int64_t p = 0; p < P; ++p) {
+        const acc_t v = static_cast<acc_t>(fk[p]);
+        e[p] += v * v;
+      }
+    }
   } else {
     for (int64_t k = 0; k < K; ++k) {
       const scalar_t* fk = f + k * sK;
@@ -44,6 +74,67 @@ void sample_energy(const scalar_t* f, int64_t K, int64_t h, int64_t w, int64_t s
         }
       }
     }
+  }
+}
+
+// Pass 1 of the peak search for one sample: the max and min of every resized row, without
+// storing the H x W map. `rows` holds the h source rows resized horizontally to W. A row whose
+// taps repeat the previous row's (the clamped borders) has the same values: its extremes are
+// copied instead of recomputed. The lane loop is written so the compiler emits vector max/min;
+// on x86-64 with GCC it is also compiled for AVX2 and picked at load time (same results: the same
+// IEEE operations in the same order per pixel, no contraction).
+constexpr int kLanes = 16;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define ANM_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ANM_CPU_CLONES
+#endif
+
+ANM_CPU_CLONES
+void rows_extremes(const float* __restrict__ rows, const LinearTap* row_taps, int64_t H, int64_t W,
+                   float* __restrict__ row_hi, float* __restrict__ row_lo) {
+  for (int64_t i = 0; i < H; ++i) {
+    const LinearTap& t = row_taps[i];
+    if (i > 0) {
+      const LinearTap& p = row_taps[i - 1];
+      const bool same_taps = t.i0 == p.i0 && t.i1 == p.i1 && t.lambda == p.lambda;
+      // lerp(a, a, l) == a: two clamped rows on the same source row are equal too.
+      const bool both_clamped = t.i0 == t.i1 && p.i0 == p.i1 && t.i0 == p.i0;
+      if (same_taps || both_clamped) {
+        row_hi[i] = row_hi[i - 1];
+        row_lo[i] = row_lo[i - 1];
+        continue;
+      }
+    }
+    const float* __restrict__ r0 = rows + t.i0 * W;
+    const float* __restrict__ r1 = rows + t.i1 * W;
+    const float lambda = t.lambda;
+    float mx[kLanes], mn[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      mx[l] = -std::numeric_limits<float>::infinity();
+      mn[l] = std::numeric_limits<float>::infinity();
+    }
+    int64_t j = 0;
+    for (; j + kLanes <= W; j += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const float v = lerp(r0[j + l], r1[j + l], lambda);
+        mx[l] = v > mx[l] ? v : mx[l];
+        mn[l] = v < mn[l] ? v : mn[l];
+      }
+    }
+    for (; j < W; ++j) {
+      const float v = lerp(r0[j], r1[j], lambda);
+      mx[0] = v > mx[0] ? v : mx[0];
+      mn[0] = v < mn[0] ? v : mn[0];
+    }
+    float hi = mx[0], lo = mn[0];
+    for (int l = 1; l < kLanes; ++l) {
+      hi = mx[l] > hi ? mx[l] : hi;
+      lo = mn[l] < lo ? mn[l] : lo;
+    }
+    row_hi[i] = hi;
+    row_lo[i] = lo;
   }
 }
 
@@ -76,6 +167,7 @@ void activation_peaks_kernel(const at::Tensor& fmap, int64_t H, int64_t W, doubl
     std::vector<acc_t> e(h * w);
     std::vector<float> rows(h * W);  // source rows resized horizontally to W
     std::vector<float> line(W);
+    std::vector<float> row_hi(H), row_lo(H);
     for (int64_t b = begin; b < end; ++b) {
       sample_energy<scalar_t, acc_t>(fptr + b * sB, K, h, w, sK, sH, sW, e.data());
       acc_t sq = 0;
@@ -95,31 +187,38 @@ void activation_peaks_kernel(const at::Tensor& fmap, int64_t H, int64_t W, doubl
         const float* r1 = rows.data() + t.i1 * W;
         for (int64_t j = 0; j < W; ++j) line[j] = lerp(r0[j], r1[j], t.lambda);
       };
-      // Pass 1: extremes. Pass 2 (only when band > 0): first pixel inside each band.
+      // Pass 1: every resized row's max and min (vectorised), then the map's extremes.
+      rows_extremes(rows.data(), row_taps.data(), H, W, row_hi.data(), row_lo.data());
       PeakScan scan;
       for (int64_t i = 0; i < H; ++i) {
-        resized_row(i);
-        for (int64_t j = 0; j < W; ++j) {
-          const float v = line[j];
-          if (v > scan.hi || scan.first_hi < 0) { scan.hi = v; scan.first_hi = i * W + j; }
-          if (v < scan.lo || scan.first_lo < 0) { scan.lo = v; scan.first_lo = i * W + j; }
-        }
+        if (row_hi[i] > scan.hi) scan.hi = row_hi[i];
+        if (row_lo[i] < scan.lo) scan.lo = row_lo[i];
       }
+      // Pass 2: the peak is the first row-major pixel at or beyond the threshold (the extreme
+      // itself when band = 0, so the first occurrence of the max / min). Only the first row whose
+      // extreme reaches the threshold is recomputed and scanned.
+      float thr_hi = scan.hi, thr_lo = scan.lo;
       if (bandf > 0.f) {
         const float spread = (scan.hi - scan.lo) * bandf;
-        const float thr_hi = scan.hi - spread, thr_lo = scan.lo + spread;
-        int64_t found_hi = -1, found_lo = -1;
-        for (int64_t i = 0; i < H && (found_hi < 0 || found_lo < 0); ++i) {
-          resized_row(i);
-          for (int64_t j = 0; j < W; ++j) {
-            if (found_hi < 0 && line[j] >= thr_hi) found_hi = i * W + j;
-            if (found_lo < 0 && line[j] <= thr_lo) found_lo = i * W + j;
-          }
-        }
-        // The extremes themselves always qualify, so both searches succeed.
-        scan.first_hi = found_hi;
-        scan.first_lo = found_lo;
+        thr_hi = scan.hi - spread;
+        thr_lo = scan.lo + spread;
       }
+      scan.first_hi = 0;
+      scan.first_lo = 0;
+      for (int64_t i = 0; i < H; ++i)
+        if (row_hi[i] >= thr_hi) {
+          resized_row(i);
+          for (int64_t j = 0; j < W; ++j)
+            if (line[j] >= thr_hi) { scan.first_hi = i * W + j; break; }
+          break;
+        }
+      for (int64_t i = 0; i < H; ++i)
+        if (row_lo[i] <= thr_lo) {
+          resized_row(i);
+          for (int64_t j = 0; j < W; ++j)
+            if (line[j] <= thr_lo) { scan.first_lo = i * W + j; break; }
+          break;
+        }
       pmax[2 * b] = scan.first_hi / W;
       pmax[2 * b + 1] = scan.first_hi % W;
       pmin[2 * b] = scan.first_lo / W;

@@ -5,6 +5,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "../anm_common.h"
 
 namespace anm_fast {
@@ -27,16 +30,41 @@ inline Box read_box(const int64_t* boxes, int64_t b) {
   return Box{p[0], p[1], p[0] + p[2], p[1] + p[3]};
 }
 
-inline bool inside(const Box& box, int64_t y, int64_t x) {
-  return y >= box.y0 && y < box.y1 && x >= box.x0 && x < box.x1;
-}
-
 void check_boxes(const at::Tensor& box, int64_t B, const char* name) {
   TORCH_CHECK(box.dim() == 2 && box.size(0) == B && box.size(1) == 4, "erase_and_modulate: ", name,
               " must be (B, 4), got ", box.sizes());
 }
 
+// Copy one H x W plane (source strides sH, sW) into a contiguous-row destination (row stride dH),
+// then fill the box's rectangle with f.
+template <typename scalar_t>
+inline void copy_plane_and_fill(const scalar_t* __restrict__ src, int64_t sH, int64_t sW,
+                                scalar_t* __restrict__ dst, int64_t dH, int64_t H, int64_t W,
+                                const Box& box, scalar_t f) {
+  if (sW == 1 && sH == W && dH == W) {
+    std::memcpy(dst, src, sizeof(scalar_t) * H * W);
+  } else {
+    for (int64_t y = 0; y < H; ++y) {
+      const scalar_t* s = src + y * sH;
+      scalar_t* d = dst + y * dH;
+      if (sW == 1) {
+        std::memcpy(d, s, sizeof(scalar_t) * W);
+      } else {
+        for (int64_t j = 0; j < W; ++j) d[j] = s[j * sW];
+      }
+    }
+  }
+  const int64_t y0 = std::max<int64_t>(box.y0, 0), y1 = std::min<int64_t>(box.y1, H);
+  const int64_t x0 = std::max<int64_t>(box.x0, 0), x1 = std::min<int64_t>(box.x1, W);
+  for (int64_t y = y0; y < y1; ++y) {
+    scalar_t* d = dst + y * dH;
+    for (int64_t j = x0; j < x1; ++j) d[j] = f;
+  }
+}
+
 // out[n] for n < B uses box_max, n >= B uses box_min; pixels inside get the fill value.
+// One pass over x: each source plane (or, channels_last, each source row) is read once and
+// written to both erased copies.
 template <typename scalar_t>
 void erase_kernel(const at::Tensor& x, const int64_t* boxes, const float* fills, at::Tensor& out) {
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -46,35 +74,45 @@ void erase_kernel(const at::Tensor& x, const int64_t* boxes, const float* fills,
   const int64_t oN = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
   const bool nhwc = out.is_contiguous(at::MemoryFormat::ChannelsLast) && !out.is_contiguous();
   if (!nhwc) {
-    at::parallel_for(0, 2 * B * C * H, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t y = row % H, c = (row / H) % C, n = row / (H * C), b = n % B;
-        const Box box = read_box(boxes, n);
-        const scalar_t* src = xp + b * sB + c * sC + y * sH;
-        scalar_t* dst = op + n * oN + c * oC + y * oH;
-        if (sW == 1) {
-          for (int64_t j = 0; j < W; ++j) dst[j] = src[j];
-        } else {
-          for (int64_t j = 0; j < W; ++j) dst[j] = src[j * sW];
-        }
-        if (y >= box.y0 && y < box.y1) {
-          const scalar_t f = static_cast<scalar_t>(fills[n * C + c]);
-          const int64_t j0 = std::max<int64_t>(box.x0, 0), j1 = std::min<int64_t>(box.x1, W);
-          for (int64_t j = j0; j < j1; ++j) dst[j] = f;
+    // Grain: about 32 KiB of output per task so small batches still split across threads.
+    const int64_t plane = std::max<int64_t>(H * W, 1);
+    const int64_t grain = std::max<int64_t>(1, 4096 / plane);
+    at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const int64_t b = bc / C, c = bc % C;
+        const scalar_t* src = xp + b * sB + c * sC;
+        for (int which = 0; which < 2; ++which) {
+          const int64_t n = b + which * B;
+          copy_plane_and_fill<scalar_t>(src, sH, sW, op + n * oN + c * oC, oH, H, W,
+                                        read_box(boxes, n),
+                                        static_cast<scalar_t>(fills[n * C + c]));
         }
       }
     });
   } else {
-    at::parallel_for(0, 2 * B * H, 16, [&](int64_t begin, int64_t end) {
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(W * C, 1));
+    at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t y = row % H, n = row / H, b = n % B;
-        const Box box = read_box(boxes, n);
+        const int64_t y = row % H, b = row / H;
         const scalar_t* src = xp + b * sB + y * sH;
-        scalar_t* dst = op + n * oN + y * oH;
-        for (int64_t j = 0; j < W; ++j)
-          for (int64_t c = 0; c < C; ++c)
-            dst[j * oW + c * oC] = inside(box, y, j) ? static_cast<scalar_t>(fills[n * C + c])
-                                                     : src[j * sW + c * sC];
+        const bool dense = sC == 1 && sW == C && oC == 1 && oW == C;
+        for (int which = 0; which < 2; ++which) {
+          const int64_t n = b + which * B;
+          const Box box = read_box(boxes, n);
+          scalar_t* dst = op + n * oN + y * oH;
+          if (dense) {
+            std::memcpy(dst, src, sizeof(scalar_t) * W * C);
+          } else {
+            for (int64_t j = 0; j < W; ++j)
+              for (int64_t c = 0; c < C; ++c) dst[j * oW + c * oC] = src[j * sW + c * sC];
+          }
+          if (y >= box.y0 && y < box.y1) {
+            const int64_t j0 = std::max<int64_t>(box.x0, 0), j1 = std::min<int64_t>(box.x1, W);
+            for (int64_t j = j0; j < j1; ++j)
+              for (int64_t c = 0; c < C; ++c)
+                dst[j * oW + c * oC] = static_cast<scalar_t>(fills[n * C + c]);
+          }
+        }
       }
     });
   }
@@ -140,7 +178,8 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cpu(
   return {erased, targets_out};
 }
 
-// grad_x[b] = g[b] outside box_max[b] + g[B + b] outside box_min[b].
+// grad_x[b] = g[b] outside box_max[b] + g[B + b] outside box_min[b], accumulated as
+// (0 + g_max) + g_min in opmath with the terms inside a box left out.
 template <typename scalar_t>
 void erase_backward_kernel(const at::Tensor& g, const int64_t* boxes, at::Tensor& gx) {
   using opmath_t = typename std::conditional<std::is_same<scalar_t, double>::value, double,
@@ -150,18 +189,30 @@ void erase_backward_kernel(const at::Tensor& g, const int64_t* boxes, at::Tensor
   const int64_t oB = gx.stride(0), oC = gx.stride(1), oH = gx.stride(2), oW = gx.stride(3);
   const scalar_t* gp = g.const_data_ptr<scalar_t>();
   scalar_t* op = gx.data_ptr<scalar_t>();
-  at::parallel_for(0, B * C * H, 64, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(W, 1));
+  at::parallel_for(0, B * C * H, grain, [&](int64_t begin, int64_t end) {
+    int64_t y = begin % H, c = (begin / H) % C, b = begin / (H * C);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t y = row % H, c = (row / H) % C, b = row / (H * C);
       const Box bm = read_box(boxes, b), bn = read_box(boxes, B + b);
-      const scalar_t* g0 = gp + b * gN + c * gC + y * gH;
-      const scalar_t* g1 = g0 + B * gN;
-      scalar_t* dst = op + b * oB + c * oC + y * oH;
-      for (int64_t j = 0; j < W; ++j) {
-        opmath_t acc = 0;
-        if (!inside(bm, y, j)) acc += static_cast<opmath_t>(g0[j * gW]);
-        if (!inside(bn, y, j)) acc += static_cast<opmath_t>(g1[j * gW]);
-        dst[j * oW] = static_cast<scalar_t>(acc);
+      const scalar_t* __restrict__ g0 = gp + b * gN + c * gC + y * gH;
+      const scalar_t* __restrict__ g1 = g0 + B * gN;
+      scalar_t* __restrict__ dst = op + b * oB + c * oC + y * oH;
+      const bool in_m = y >= bm.y0 && y < bm.y1, in_n = y >= bn.y0 && y < bn.y1;
+      if (!in_m && !in_n && gW == 1 && oW == 1) {
+        for (int64_t j = 0; j < W; ++j)  // the common row: no box crosses it (vectorised)
+          dst[j] = static_cast<scalar_t>((opmath_t(0) + static_cast<opmath_t>(g0[j])) +
+                                         static_cast<opmath_t>(g1[j]));
+      } else {
+        for (int64_t j = 0; j < W; ++j) {
+          opmath_t acc = 0;
+          if (!(in_m && j >= bm.x0 && j < bm.x1)) acc += static_cast<opmath_t>(g0[j * gW]);
+          if (!(in_n && j >= bn.x0 && j < bn.x1)) acc += static_cast<opmath_t>(g1[j * gW]);
+          dst[j * oW] = static_cast<scalar_t>(acc);
+        }
+      }
+      if (++y == H) {
+        y = 0;
+        if (++c == C) { c = 0; ++b; }
       }
     }
   });

@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../anm_common.h"
 
 namespace anm_fast {
@@ -66,9 +68,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
         out[which][2] = shape.bh;
         out[which][3] = shape.bw;
       }
-      for (int64_t c = 0; c < C; ++c) {
-        fmax[b * C + c] = uniform_fill ? fill_draw(seed_v, id[b], c) : fv[c];
-        fmin[b * C + c] = uniform_fill ? fill_draw(seed_v, id[b], C + c) : fv[c];
+      if (uniform_fill) {
+        // Draw j of 0..2C-1 is word j % 4 of fill block j / 4 (the same bits as fill_draw):
+        // each Philox block is computed once for its four draws.
+        for (int64_t j0 = 0; j0 < 2 * C; j0 += 4) {
+          const Words4 words = sample_stream(seed_v, id[b],
+                                             kFillBlock0 + static_cast<uint32_t>(j0 / 4));
+          for (int64_t j = j0; j < std::min<int64_t>(j0 + 4, 2 * C); ++j) {
+            const float u = uniform_f32(words.w[j - j0]);
+            if (j < C) fmax[b * C + j] = u; else fmin[b * C + (j - C)] = u;
+          }
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          fmax[b * C + c] = fv[c];
+          fmin[b * C + c] = fv[c];
+        }
       }
     }
   });
