@@ -13,7 +13,13 @@ PyObject* PyInit__C(void) {
 }
 }
 
+#ifndef ANM_FAST_WITH_CUDA
+#define ANM_FAST_WITH_CUDA 0
+#endif
+
 TORCH_LIBRARY(anm_fast, m) {
+  // Build information: whether csrc/cuda was compiled into this extension.
+  m.def("_built_with_cuda() -> bool", []() -> bool { return ANM_FAST_WITH_CUDA != 0; });
   m.def("activation_peaks(Tensor fmap, int height, int width, float band) -> "
         "(Tensor peak_max, Tensor peak_min, Tensor energy)");
   m.def("sample_boxes(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
