@@ -46,6 +46,13 @@ def built_with_cuda() -> bool:
     return True
 
 
+def test_build_flag_agrees_with_marker():
+    flag = getattr(torch.ops.anm_fast, "_built_with_cuda", None)
+    if not anm_fast.has_extension() or flag is None:
+        pytest.skip("no compiled extension, or one without the _built_with_cuda op")
+    assert bool(flag()) == built_with_cuda()
+
+
 def compiled_cuda_kernel(op: str) -> bool:
     """A C++ kernel from csrc/cuda is registered for the op's CUDA key (active, or shadowed by a
     Python backend override)."""
@@ -255,7 +262,7 @@ CONFIGS = [
 @pytest.mark.parametrize("B", [1, 7, 1024])
 @pytest.mark.parametrize("HWC", [(32, 32, 3), (224, 224, 3), (17, 9, 5), (8, 8, 1)])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
-@pytest.mark.parametrize("seed_on", ["device", "cpu"])
+@pytest.mark.parametrize("seed_on", ["device", "cpu"])  # where the seed and fills live
 def test_sample_boxes_bit_identical(cuda_backend, B, HWC, cfg, seed_on):
     H, W, C = HWC
     gen = torch.Generator().manual_seed(B * 1000 + H + cfg)
@@ -270,8 +277,10 @@ def test_sample_boxes_bit_identical(cuda_backend, B, HWC, cfg, seed_on):
     for seed_value in (0, 12345, -7, 2**63 - 1):
         seed = torch.tensor(seed_value, dtype=torch.int64)
         args = (H, W, C, a_lo, a_hi, qg, asp, ascale, center, uniform)
+        # "cpu": the seed and the constant fills come as CPU tensors (read on the host, no copy)
         dev_seed = seed.to(DEVICE) if seed_on == "device" else seed
-        got = ops.sample_boxes(pmax, pmin, q, ids, dev_seed, *args, fv.to(DEVICE))
+        dev_fv = fv.to(DEVICE) if seed_on == "device" else fv
+        got = ops.sample_boxes(pmax, pmin, q, ids, dev_seed, *args, dev_fv)
         cpu = ops.sample_boxes(pmax.cpu(), pmin.cpu(), q.cpu(), ids.cpu(), seed, *args, fv)
         ref = reference.sample_boxes(pmax, pmin, q, ids, seed.to(DEVICE), *args, fv.to(DEVICE))
         names = ("box_max", "box_min", "ratio", "fill_max", "fill_min")

@@ -18,6 +18,13 @@ namespace {
 
 constexpr int kBoxThreads = 128;
 
+// Constant fills given as a CPU tensor travel as a kernel argument (no host-to-device copy, so
+// nothing to synchronise and nothing a CUDA graph capture would refuse), up to this many channels.
+constexpr int kMaxArgFills = 16;
+struct FillArg {
+  float v[kMaxArgFills];
+};
+
 __global__ void sample_boxes_kernel(const int64_t* __restrict__ pmax,
                                     const int64_t* __restrict__ pmin,
                                     const float* __restrict__ quality,
@@ -25,6 +32,7 @@ __global__ void sample_boxes_kernel(const int64_t* __restrict__ pmax,
                                     const int64_t* __restrict__ seed_ptr, int64_t seed_value,
                                     int64_t B, int64_t H, int64_t W, int64_t C, BoxParams params,
                                     bool uniform_fill, const float* __restrict__ fill_value,
+                                    FillArg fill_arg,
                                     int64_t* __restrict__ bmax, int64_t* __restrict__ bmin,
                                     float* __restrict__ ratio, float* __restrict__ fmax,
                                     float* __restrict__ fmin) {
@@ -63,8 +71,9 @@ __global__ void sample_boxes_kernel(const int64_t* __restrict__ pmax,
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
-      fmax_b[c] = fill_value[c];
-      fmin_b[c] = fill_value[c];
+      const float v = fill_value != nullptr ? fill_value[c] : fill_arg.v[c];
+      fmax_b[c] = v;
+      fmin_b[c] = v;
     }
   }
 }
@@ -108,8 +117,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
     seed_value = seed.to(at::kLong).item<int64_t>();
   }
   at::Tensor fill_value;
-  if (!uniform_fill)
-    fill_value = fill_value_in.to(peak_max_in.device(), at::kFloat).contiguous();
+  FillArg fill_arg{};
+  bool fills_in_arg = false;
+  if (!uniform_fill) {
+    if (fill_value_in.is_cpu() && C <= kMaxArgFills) {
+      const at::Tensor f = fill_value_in.to(at::kFloat).contiguous();
+      const float* fp = f.const_data_ptr<float>();
+      for (int64_t c = 0; c < C; ++c) fill_arg.v[c] = fp[c];
+      fills_in_arg = true;
+    } else {
+      fill_value = fill_value_in.to(peak_max_in.device(), at::kFloat).contiguous();
+    }
+  }
 
   auto long_opts = peak_max_in.options().dtype(at::kLong);
   auto float_opts = peak_max_in.options().dtype(at::kFloat);
@@ -126,7 +145,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
       peak_max.const_data_ptr<int64_t>(), peak_min.const_data_ptr<int64_t>(),
       quality.const_data_ptr<float>(), ids.const_data_ptr<int64_t>(),
       seed.is_cuda() ? seed_dev.const_data_ptr<int64_t>() : nullptr, seed_value, B, H, W, C,
-      params, uniform_fill, uniform_fill ? nullptr : fill_value.const_data_ptr<float>(),
+      params, uniform_fill,
+      (uniform_fill || fills_in_arg) ? nullptr : fill_value.const_data_ptr<float>(), fill_arg,
       box_max.data_ptr<int64_t>(), box_min.data_ptr<int64_t>(), ratio.data_ptr<float>(),
       fill_max.data_ptr<float>(), fill_min.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
