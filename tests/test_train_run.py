@@ -108,3 +108,39 @@ def test_cli_default_style_run_and_no_overwrite(tmp_path, capsys):
     assert os.path.exists(out + "-2/results.json")
     # --resume of a finished run just reports it
     assert main(["--resume", out, "--no-progress", "--no-plots"]) == 0
+
+
+def test_cifar_folder_with_human_labels_end_to_end(tmp_path, capsys):
+    import numpy as np
+    from test_train_data import write_cifar10
+
+    write_cifar10(tmp_path / "data", n_train=40, n_test=10)
+    clean = []
+    import pickle
+    for i in range(1, 6):
+        with open(tmp_path / "data" / "cifar-10-batches-py" / f"data_batch_{i}", "rb") as f:
+            clean += list(pickle.load(f)["labels"])
+    clean = np.asarray(clean)
+    worse = clean.copy()
+    worse[:10] = (worse[:10] + 1) % 10
+    torch.save({"worse_label": worse, "aggre_label": clean}, tmp_path / "CIFAR-10_human.pt")
+    base = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+            "--width", "4", "--batch-size", "16", "--no-progress", "--no-plots",
+            "--noise-file", str(tmp_path / "CIFAR-10_human.pt"), "--method", "ce"]
+    assert main(base + ["--noise", "human:worse_label", "--out", str(tmp_path / "r")]) == 0
+    res = json.load(open(tmp_path / "r" / "results.json"))["results"]["ce"]["0"]
+    assert res["realised_noise_rate"] == 0.25
+    # wrong length and out-of-range label files fail with a clear message, before training
+    np.save(tmp_path / "short.npy", worse[:30])
+    assert main(base[:-4] + ["--noise", "human", "--noise-file", str(tmp_path / "short.npy"),
+                             "--method", "ce", "--out", str(tmp_path / "r2")]) == 2
+    assert "30 labels but the training set has 40" in capsys.readouterr().err
+    bad = worse.copy()
+    bad[3] = 10
+    np.save(tmp_path / "bad.npy", bad)
+    assert main(base[:-4] + ["--noise", "human", "--noise-file", str(tmp_path / "bad.npy"),
+                             "--method", "ce", "--out", str(tmp_path / "r3")]) == 2
+    assert "outside [0, 10)" in capsys.readouterr().err
+    assert main(base[:4] + ["--data-dir", str(tmp_path / "missing"), "--out",
+                            str(tmp_path / "r4")]) == 2
+    assert "never downloads" in capsys.readouterr().err

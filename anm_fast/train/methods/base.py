@@ -1,6 +1,7 @@
 """What every training method shares: the run context, batching, optimisers, eval passes."""
 from __future__ import annotations
 
+import collections
 import contextlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -189,7 +190,7 @@ class Method:
         return dict(
             nets=[n.state_dict() for n in self.nets()],
             opts=[o.state_dict() for o in self._opts()],
-            scheds=[s.state_dict() for s in self._scheds()],
+            scheds=[_sched_state(s.state_dict()) for s in self._scheds()],
             gen=self.gen.get_state(),
             np_rng=_np_state_to_tensors(self.np_rng.bit_generator.state),
             quality=self.quality,
@@ -202,6 +203,8 @@ class Method:
         for o, s in zip(self._opts(), state["opts"]):
             o.load_state_dict(s)
         for sc, s in zip(self._scheds(), state["scheds"]):
+            if isinstance(s.get("milestones"), dict):
+                s = dict(s, milestones=collections.Counter(s["milestones"]))
             sc.load_state_dict(s)
         self.gen.set_state(state["gen"])
         self.np_rng.bit_generator.state = _np_state_from_tensors(state["np_rng"])
@@ -213,6 +216,14 @@ class Method:
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         pass
+
+
+def _sched_state(sd):
+    # MultiStepLR keeps its milestones in a collections.Counter, which older torch versions'
+    # weights_only loader refuses: store a plain dict
+    if isinstance(sd.get("milestones"), collections.Counter):
+        sd = dict(sd, milestones=dict(sd["milestones"]))
+    return sd
 
 
 def _np_state_to_tensors(state):
