@@ -144,3 +144,19 @@ def test_cifar_folder_with_human_labels_end_to_end(tmp_path, capsys):
     assert main(base[:4] + ["--data-dir", str(tmp_path / "missing"), "--out",
                             str(tmp_path / "r4")]) == 2
     assert "never downloads" in capsys.readouterr().err
+
+
+def test_image_folder_with_noisy_label_list_end_to_end(tmp_path):
+    from test_train_data import write_image_folder
+
+    files = write_image_folder(tmp_path / "imgs", per_class=4)
+    (tmp_path / "noisy.txt").write_text(
+        "\n".join(f"{f} {int(f.startswith('dog')) if i % 4 else 1 - int(f.startswith('dog'))}"
+                  for i, f in enumerate(files)))
+    out = tmp_path / "r"
+    assert main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "imgs"), "--noise",
+                 "human", "--noise-file", str(tmp_path / "noisy.txt"), "--model", "small_cnn",
+                 "--width", "4", "--image-size", "16", "--epochs", "1", "--batch-size", "4",
+                 "--method", "ce", "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    res = json.load(open(out / "results.json"))["results"]["ce"]["0"]
+    assert res["realised_noise_rate"] == 0.25
