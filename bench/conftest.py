@@ -3,6 +3,11 @@
 Run:   pytest bench/ --benchmark-only [--benchmark-json=out.json]
 Smoke: ANM_BENCH_SMOKE=1 pytest bench/ --benchmark-only   (tiny shapes, few rounds; for CI)
 The root pytest config only collects tests/; naming bench/ on the command line collects this folder.
+Threads: ANM_BENCH_THREADS=N calls torch.set_num_threads(N) (default: torch's default, the
+number of cores). On a machine shared with other processes, wall-clock medians of multi-threaded
+runs are inflated by descheduled threads; `ANM_BENCH_THREADS=1 pytest bench/ --benchmark-only
+--benchmark-timer=time.process_time` gives single-core CPU-time figures that such load barely moves
+(report.py prints the timer and thread count with the figures).
 Benchmarks never assert on timing.
 """
 import os
@@ -12,6 +17,14 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if os.environ.get("ANM_BENCH_THREADS", "").strip():
+    torch.set_num_threads(int(os.environ["ANM_BENCH_THREADS"]))
+    try:  # the released port's OpenCV gets the same thread budget
+        import cv2
+        cv2.setNumThreads(int(os.environ["ANM_BENCH_THREADS"]))
+    except Exception:
+        pass
 
 
 def pytest_collect_file(file_path, parent):
