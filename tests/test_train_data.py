@@ -167,3 +167,11 @@ def test_config_file_toml_and_json(tmp_path):
     (tmp_path / "c.json").write_text('{"noise": "asym", "epochs": 3}')
     s, _, _ = settings_from(build_parser().parse_args(["--config", str(tmp_path / "c.json")]))
     assert s.noise == "asym" and s.hp["epochs"] == 3
+
+
+def test_defaults_with_no_arguments():
+    s, out, _ = settings_from(build_parser().parse_args([]))
+    assert (s.dataset, s.noise, s.noise_rate, s.methods, s.seeds) == (
+        "digits", "sym", 0.5, ["dividemix-anm"], [0])
+    assert out is None  # a fresh folder under ./runs/ is chosen at run time
+    assert "--compare" in build_parser().format_help()
