@@ -160,3 +160,14 @@ def test_image_folder_with_noisy_label_list_end_to_end(tmp_path):
                  "--method", "ce", "--out", str(out), "--no-progress", "--no-plots"]) == 0
     res = json.load(open(out / "results.json"))["results"]["ce"]["0"]
     assert res["realised_noise_rate"] == 0.25
+
+
+def test_resume_with_more_epochs(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["--epochs", "2", "--set", "train_subset=100", "--width", "4", "--warmup", "1",
+                 "--method", "ce", "--out", out, "--no-progress", "--no-plots"]) == 0
+    assert main(["--resume", out, "--epochs", "3", "--no-progress", "--no-plots"]) == 0
+    res = json.load(open(os.path.join(out, "results.json")))["results"]["ce"]["0"]
+    assert res["epochs"] == 3
+    state = torch.load(os.path.join(out, "ce", "seed0", "checkpoint.pt"), weights_only=True)
+    assert state["method"]["scheds"][0]["T_max"] == 3

@@ -206,6 +206,9 @@ class Method:
             if isinstance(s.get("milestones"), dict):
                 s = dict(s, milestones=collections.Counter(s["milestones"]))
             sc.load_state_dict(s)
+            if isinstance(sc, torch.optim.lr_scheduler.CosineAnnealingLR):
+                # a resume with a different --epochs anneals to the new end, not the old one
+                sc.T_max = max(1, int(self.hp["epochs"]))
         self.gen.set_state(state["gen"])
         self.np_rng.bit_generator.state = _np_state_from_tensors(state["np_rng"])
         self.quality = state["quality"]
