@@ -36,9 +36,9 @@ SETTING_KEYS = ("dataset", "data_dir", "noise", "noise_file", "noise_rate", "met
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="anm-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="anm-train",
         description="Train image classifiers on noisy labels with CE, ANM, DivideMix or "
-                    "DivideMix + ANM. With no arguments: digits, 50%% symmetric noise, "
+                    "DivideMix + ANM. With no arguments: digits, 50% symmetric noise, "
                     f"{DEFAULT_METHOD}, a few minutes on a CPU.")
     a = p.add_argument
     a("--dataset", default=None, help="digits (embedded), cifar10, cifar100, imagefolder "
