@@ -91,12 +91,22 @@ def train_one(run_dir: str, data: DataBundle, labels: NoisyLabels, method_name: 
               hp: Dict, device: torch.device, s: Settings, *, stop_after: Optional[int] = None,
               on_checkpoint: Optional[Callable] = None) -> Optional[Dict]:
     """Train (or continue) one run; returns its summary, or None when stopped by stop_after."""
-    os.makedirs(run_dir, exist_ok=True)
-    ckpt_path = os.path.join(run_dir, ckpt.CHECKPOINT)
-    gpu = device.type == "cuda"
+    threads = torch.get_num_threads()
     if hp.get("threads"):
         # small CPU models on a busy machine run faster on 1 thread than on contended 2
         torch.set_num_threads(int(hp["threads"]))
+    try:
+        return _train_one(run_dir, data, labels, method_name, seed, hp, device, s,
+                          stop_after=stop_after, on_checkpoint=on_checkpoint)
+    finally:
+        torch.set_num_threads(threads)  # the caller's process (e.g. a test session) is left as is
+
+
+def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_after,
+               on_checkpoint):
+    os.makedirs(run_dir, exist_ok=True)
+    ckpt_path = os.path.join(run_dir, ckpt.CHECKPOINT)
+    gpu = device.type == "cuda"
     torch.manual_seed(seed)  # model initialisation
     ctx = Context(data=data, y_noisy=torch.as_tensor(labels.noisy, dtype=torch.int64).to(device),
                   hp=hp, device=device, seed=seed, noise_kind=parse_noise(s.noise)[0],
