@@ -11,6 +11,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "../anm_common.h"
 
 namespace anm_fast {
@@ -80,18 +84,29 @@ void sample_energy(const scalar_t* f, int64_t K, int64_t h, int64_t w, int64_t s
 // Pass 1 of the peak search for one sample: the max and min of every resized row, without
 // storing the H x W map. `rows` holds the h source rows resized horizontally to W. A row whose
 // taps repeat the previous row's (the clamped borders) has the same values: its extremes are
-// copied instead of recomputed. The lane loop is written so the compiler emits vector max/min;
-// on x86-64 with GCC it is also compiled for AVX2 and picked at load time (same results: the same
-// IEEE operations in the same order per pixel, no contraction).
-constexpr int kLanes = 16;
+// copied instead of recomputed. On x86-64 the row is interpolated and reduced with SSE: the same
+// IEEE operations per pixel as lerp() (sub, mul, add, no contraction), and max_ps / min_ps
+// compute exactly `v > m ? v : m` / `v < m ? v : m`, so the values are those of the scalar loop.
+// A run of output columns [begin, end) whose bilinear taps read source columns i0 and i1.
+struct ColumnRun {
+  int64_t begin, end, i0, i1;
+};
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define ANM_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define ANM_CPU_CLONES
-#endif
+// rows[y, j] = lerp(e[y, i0(j)], e[y, i1(j)], lambda(j)) for the h source rows: the same values
+// as a per-column gather, computed run by run.
+void horizontal_resize(const float* __restrict__ e, int64_t h, int64_t w, int64_t W,
+                       const ColumnRun* runs, int64_t n_runs, const float* __restrict__ lambda,
+                       float* __restrict__ rows) {
+  for (int64_t y = 0; y < h; ++y) {
+    const float* er = e + y * w;
+    float* out = rows + y * W;
+    for (int64_t r = 0; r < n_runs; ++r) {
+      const float a = er[runs[r].i0], b = er[runs[r].i1];
+      for (int64_t j = runs[r].begin; j < runs[r].end; ++j) out[j] = lerp(a, b, lambda[j]);
+    }
+  }
+}
 
-ANM_CPU_CLONES
 void rows_extremes(const float* __restrict__ rows, const LinearTap* row_taps, int64_t H, int64_t W,
                    float* __restrict__ row_hi, float* __restrict__ row_lo) {
   for (int64_t i = 0; i < H; ++i) {
@@ -110,28 +125,38 @@ void rows_extremes(const float* __restrict__ rows, const LinearTap* row_taps, in
     const float* __restrict__ r0 = rows + t.i0 * W;
     const float* __restrict__ r1 = rows + t.i1 * W;
     const float lambda = t.lambda;
-    float mx[kLanes], mn[kLanes];
-    for (int l = 0; l < kLanes; ++l) {
-      mx[l] = -std::numeric_limits<float>::infinity();
-      mn[l] = std::numeric_limits<float>::infinity();
-    }
+    const float inf = std::numeric_limits<float>::infinity();
+    float hi = -inf, lo = inf;
     int64_t j = 0;
-    for (; j + kLanes <= W; j += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const float v = lerp(r0[j + l], r1[j + l], lambda);
-        mx[l] = v > mx[l] ? v : mx[l];
-        mn[l] = v < mn[l] ? v : mn[l];
+#if defined(__SSE2__)
+    {
+      const __m128 vl = _mm_set1_ps(lambda);
+      __m128 mx0 = _mm_set1_ps(-inf), mx1 = mx0, mn0 = _mm_set1_ps(inf), mn1 = mn0;
+      for (; j + 8 <= W; j += 8) {
+        const __m128 a0 = _mm_loadu_ps(r0 + j), b0 = _mm_loadu_ps(r1 + j);
+        const __m128 a1 = _mm_loadu_ps(r0 + j + 4), b1 = _mm_loadu_ps(r1 + j + 4);
+        const __m128 v0 = _mm_add_ps(a0, _mm_mul_ps(_mm_sub_ps(b0, a0), vl));
+        const __m128 v1 = _mm_add_ps(a1, _mm_mul_ps(_mm_sub_ps(b1, a1), vl));
+        mx0 = _mm_max_ps(v0, mx0);
+        mx1 = _mm_max_ps(v1, mx1);
+        mn0 = _mm_min_ps(v0, mn0);
+        mn1 = _mm_min_ps(v1, mn1);
+      }
+      alignas(16) float m[8], n[8];
+      _mm_store_ps(m, mx0);
+      _mm_store_ps(m + 4, mx1);
+      _mm_store_ps(n, mn0);
+      _mm_store_ps(n + 4, mn1);
+      for (int l = 0; l < 8; ++l) {
+        hi = m[l] > hi ? m[l] : hi;
+        lo = n[l] < lo ? n[l] : lo;
       }
     }
+#endif
     for (; j < W; ++j) {
       const float v = lerp(r0[j], r1[j], lambda);
-      mx[0] = v > mx[0] ? v : mx[0];
-      mn[0] = v < mn[0] ? v : mn[0];
-    }
-    float hi = mx[0], lo = mn[0];
-    for (int l = 1; l < kLanes; ++l) {
-      hi = mx[l] > hi ? mx[l] : hi;
-      lo = mn[l] < lo ? mn[l] : lo;
+      hi = v > hi ? v : hi;
+      lo = v < lo ? v : lo;
     }
     row_hi[i] = hi;
     row_lo[i] = lo;
@@ -162,6 +187,18 @@ void activation_peaks_kernel(const at::Tensor& fmap, int64_t H, int64_t W, doubl
   std::vector<LinearTap> row_taps(H), col_taps(W);
   for (int64_t i = 0; i < H; ++i) row_taps[i] = linear_tap(i, h, H);
   for (int64_t j = 0; j < W; ++j) col_taps[j] = linear_tap(j, w, W);
+  // Output columns come in runs sharing the same two source columns: the horizontal pass
+  // broadcasts the two source values over each run (vectorised) instead of gathering per column.
+  std::vector<ColumnRun> col_runs;
+  std::vector<float> col_lambda(W);
+  for (int64_t j = 0; j < W; ++j) {
+    col_lambda[j] = col_taps[j].lambda;
+    if (col_runs.empty() || col_runs.back().i0 != col_taps[j].i0 ||
+        col_runs.back().i1 != col_taps[j].i1)
+      col_runs.push_back(ColumnRun{j, j + 1, col_taps[j].i0, col_taps[j].i1});
+    else
+      col_runs.back().end = j + 1;
+  }
 
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> e(h * w);
@@ -176,11 +213,8 @@ void activation_peaks_kernel(const at::Tensor& fmap, int64_t H, int64_t W, doubl
       if (norm < acc_t(1e-12)) norm = acc_t(1e-12);
       float* eb = eptr + b * h * w;
       for (int64_t p = 0; p < h * w; ++p) eb[p] = static_cast<float>(e[p] / norm);
-      for (int64_t y = 0; y < h; ++y)
-        for (int64_t j = 0; j < W; ++j) {
-          const LinearTap& t = col_taps[j];
-          rows[y * W + j] = lerp(eb[y * w + t.i0], eb[y * w + t.i1], t.lambda);
-        }
+      horizontal_resize(eb, h, w, W, col_runs.data(), static_cast<int64_t>(col_runs.size()),
+                        col_lambda.data(), rows.data());
       auto resized_row = [&](int64_t i) {
         const LinearTap& t = row_taps[i];
         const float* r0 = rows.data() + t.i0 * W;
