@@ -61,21 +61,28 @@ def activation_peaks(fmap: torch.Tensor, image_size, *, band: float = 0.0) -> Pe
 
 
 def _seed_tensor(seed, device) -> torch.Tensor:
+    """The seed as a 0-d int64 tensor. Ints and drawn seeds stay on the CPU: every kernel reads a
+    CPU seed on the host, so no host-to-device copy is issued. A seed tensor on the batch's device
+    is read inside the kernel instead (what CUDA-graph capture needs: replays then follow it)."""
     if seed is None:
-        # Drawn from torch's default generator, so torch.manual_seed makes runs repeatable.
-        return torch.randint(0, 2**62, (), dtype=torch.int64).to(device)
+        # Drawn from torch's default (CPU) generator, so torch.manual_seed makes runs repeatable
+        # and the draw is the same whatever device the batch is on.
+        return torch.randint(0, 2**62, (), dtype=torch.int64)
     if isinstance(seed, torch.Tensor):
         if seed.numel() != 1 or seed.dtype.is_floating_point or seed.dtype == torch.bool:
             raise ValueError(f"seed must be an int or a one-element integer tensor, got "
                              f"{seed.dtype} tensor of shape {tuple(seed.shape)}")
-        return seed.reshape(()).to(device=device, dtype=torch.int64)
+        if seed.device.type != "cpu" and seed.device != torch.device(device):
+            raise ValueError(f"seed is on {seed.device} but the batch is on {device}: pass it on "
+                             f"the CPU or on the batch's device")
+        return seed.reshape(()).to(torch.int64)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, an integer tensor or None, got {type(seed).__name__}")
     if not -2**63 <= seed < 2**64:
         raise ValueError(f"seed must fit in 64 bits, got {seed}")
     if seed >= 2**63:
         seed -= 2**64
-    return torch.tensor(seed, dtype=torch.int64, device=device)
+    return torch.tensor(seed, dtype=torch.int64)
 
 
 def _sample_ids(sample_ids, B: int, device) -> torch.Tensor:
@@ -123,7 +130,8 @@ def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_
     ids = _sample_ids(sample_ids, B, pmax.device)
     seed_t = _seed_tensor(seed, pmax.device)
     uniform, values = config.fill_values(C)
-    fill_value = torch.tensor(values, dtype=torch.float32, device=pmax.device)
+    # A small constant: kept on the CPU (the kernels take it as an argument; no device copy).
+    fill_value = torch.tensor(values, dtype=torch.float32)
     return Boxes(*ops.sample_boxes(
         pmax, pmin, q, ids, seed_t, H, W, C, float(config.area_lo), float(config.area_hi),
         float(config.quality_gain), float(config.aspect_lo), float(config.area_scale),

@@ -131,7 +131,8 @@ def sample_and_erase(x, targets, peak_max, peak_min, quality, sample_ids, seed, 
     seed = seed.reshape(1)
     if seed.device != device:
         seed = seed.to(device)
-    fv = fill_value.reshape(-1) if not uniform_fill else ratio  # unused when uniform
+    # constant fills may come as a CPU tensor (the API keeps them there): moved only then
+    fv = fill_value.reshape(-1).to(device) if not uniform_fill else ratio  # unused when uniform
     N = targets.shape[1]
     tiles = triton.cdiv(C * H * W, BLOCK)
     with device_guard(x):

@@ -93,7 +93,8 @@ def sample_boxes(peak_max, peak_min, quality, sample_ids, seed, height: int, wid
     seed = seed.reshape(1)
     if seed.device != device:
         seed = seed.to(device)
-    fv = fill_value.reshape(-1) if not uniform_fill else ratio  # unused when uniform
+    # constant fills may come as a CPU tensor (the API keeps them there): moved only then
+    fv = fill_value.reshape(-1).to(device) if not uniform_fill else ratio  # unused when uniform
     BLOCK_B = min(next_pow2(B), 128)
     BLOCK_C = min(next_pow2(channels), 16)
     grid = (triton.cdiv(B, BLOCK_B),)
