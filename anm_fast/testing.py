@@ -58,3 +58,23 @@ def assert_peaks_match(got_max, got_min, energy, height, width, band=0.0, rel_to
         assert not bool(bad.any()), (
             f"{name} differs from the band rule beyond rounding for samples "
             f"{bad.nonzero()[:, 0].tolist()[:10]}: got {got[bad][:5].tolist()}")
+
+
+LAYOUTS = ("contiguous", "channels_last", "sliced", "permuted", "transposed")
+
+
+def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as the 4-D tensor `t`, stored in another memory layout."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "sliced":  # every other column of a twice-as-wide tensor
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        wide[..., 1::2] = t
+        return wide[..., 1::2]
+    if layout == "permuted":  # storage in (h, w, B, K) order
+        return t.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
+    if layout == "transposed":  # H and W swapped in storage
+        return t.transpose(2, 3).contiguous().transpose(2, 3)
+    raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")

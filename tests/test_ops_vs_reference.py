@@ -8,7 +8,7 @@ import torch
 
 import anm_fast
 from anm_fast import reference as R
-from anm_fast.testing import TOLERANCES, assert_peaks_match
+from anm_fast.testing import TOLERANCES, assert_peaks_match, relayout
 
 ops = torch.ops.anm_fast
 pytestmark = pytest.mark.skipif(not anm_fast.has_extension(),
@@ -18,19 +18,6 @@ pytestmark = pytest.mark.skipif(not anm_fast.has_extension(),
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
-def make_layout(t, layout):
-    """The same values as `t` in another memory layout."""
-    if layout == "contiguous":
-        return t.contiguous()
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":  # every other column of a twice-as-wide tensor
-        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    if layout == "permuted":  # storage in (h, w, B, K) order
-        return t.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
-    raise ValueError(layout)
 
 
 # ------------------------------------------------------------------------------ activation_peaks
@@ -49,7 +36,7 @@ SHAPES = [  # (B, K, h, w, H, W)
 @pytest.mark.parametrize("band", [0.0, 1.0 / 255.0, 0.3])
 def test_activation_peaks_matches_reference(shape, layout, band):
     B, K, h, w, H, W = shape
-    fmap = make_layout(torch.randn(B, K, h, w), layout)
+    fmap = relayout(torch.randn(B, K, h, w), layout)
     pmax, pmin, energy = ops.activation_peaks(fmap, H, W, band)
     rmax, rmin, renergy = R.activation_peaks(fmap, H, W, band)
     torch.testing.assert_close(energy, renergy, rtol=1e-5, atol=1e-6)
@@ -143,7 +130,7 @@ def test_sample_ids_beyond_32_bits():
 
 # ------------------------------------------------------------------------------ erase_and_modulate
 def erase_inputs(B, C, H, W, N, dtype, layout, seed=3):
-    x = make_layout(torch.randn(B, C, H, W).to(dtype), layout)
+    x = relayout(torch.randn(B, C, H, W).to(dtype), layout)
     t = torch.softmax(torch.randn(B, N) * 3, dim=1).to(dtype)
     boxes = ops.sample_boxes(*sample_args(B, H, W, C, seed=seed))
     return x, t, boxes
@@ -206,7 +193,7 @@ def test_erase_backward_matches_reference(dtype, layout):
     x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, "contiguous")
     ratio = ratio.clone()
     ratio[0] = 5.0  # clamp active for sample 0
-    g = make_layout(torch.randn(2 * B, C, H, W).to(dtype), layout)
+    g = relayout(torch.randn(2 * B, C, H, W).to(dtype), layout)
     gt = torch.randn(B, N).to(dtype)
     gx, gtt = ops.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
     rgx, rgtt = R.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import anm_fast
 from anm_fast import ANMConfig
 from anm_fast import reference as R
-from anm_fast.testing import TOLERANCES, assert_peaks_match
+from anm_fast.testing import TOLERANCES, assert_peaks_match, relayout
 
 ops = torch.ops.anm_fast
 FAST = settings(max_examples=400, deadline=None, derandomize=True,
@@ -18,18 +18,6 @@ dtypes = st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.fl
 layouts = st.sampled_from(["contiguous", "channels_last", "sliced", "permuted", "transposed"])
 
 
-def relayout(t, layout):
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":
-        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
-        wide[..., 1::2] = t
-        return wide[..., 1::2]
-    if layout == "permuted":
-        return t.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
-    if layout == "transposed":  # H and W swapped in storage
-        return t.transpose(2, 3).contiguous().transpose(2, 3)
-    return t.contiguous()
 
 
 configs = st.builds(

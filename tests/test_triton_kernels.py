@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 import anm_fast  # noqa: E402
 from anm_fast import kernels as K  # noqa: E402
 from anm_fast import reference as R  # noqa: E402
-from anm_fast.testing import TOLERANCES, assert_peaks_match  # noqa: E402
+from anm_fast.testing import TOLERANCES, assert_peaks_match, relayout  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -37,19 +37,6 @@ def device(request):
     return request.param
 
 
-def make_layout(t, layout):
-    """The same values as `t` in another memory layout."""
-    if layout == "contiguous":
-        return t.contiguous()
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":  # every other column of a twice-as-wide tensor
-        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    if layout == "permuted":  # storage in (h, w, B, K) order
-        return t.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
-    raise ValueError(layout)
 
 
 def cpu(ts):
@@ -72,7 +59,7 @@ PEAK_SHAPES = [  # (B, K, h, w, H, W)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted"])
 def test_activation_peaks_matches_reference(device, shape, layout):
     B, Kc, h, w, H, W = shape
-    fmap = make_layout(torch.randn(B, Kc, h, w, device=device), layout)
+    fmap = relayout(torch.randn(B, Kc, h, w, device=device), layout)
     for band in (0.0, 1.0 / 255.0, 0.3):
         pmax, pmin, energy = K.activation_peaks(fmap, H, W, band)
         rmax, rmin, renergy = R.activation_peaks(fmap.cpu(), H, W, band)
@@ -193,7 +180,7 @@ def test_sample_boxes_strided_and_narrow_inputs(device):
 
 # ------------------------------------------------------------------------------ erase_and_modulate
 def erase_inputs(B, C, H, W, N, dtype, layout, device, seed=3):
-    x = make_layout(torch.randn(B, C, H, W, device=device).to(dtype), layout)
+    x = relayout(torch.randn(B, C, H, W, device=device).to(dtype), layout)
     t = torch.softmax(torch.randn(B, N) * 3, dim=1).to(dtype).to(device)
     boxes = R.sample_boxes(*sample_args(B, H, W, C, "cpu", seed=seed))
     return x, t, tuple(b.to(device) for b in boxes)
@@ -262,7 +249,7 @@ def test_erase_backward_matches_reference(device, layout):
         x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, "contiguous",
                                                              device)
         ratio[0] = 5.0  # clamp active for sample 0
-        g = make_layout(torch.randn(2 * B, C, H, W, device=device).to(dtype), layout)
+        g = relayout(torch.randn(2 * B, C, H, W, device=device).to(dtype), layout)
         gt = torch.randn(B, N, device=device).to(dtype)
         gx, gtt = K.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
         rgx, rgtt = R.erase_and_modulate_backward(*cpu((g, gt, t, bmax, bmin, ratio)), 1.0)
@@ -342,7 +329,7 @@ def test_registered_ops_use_triton_on_cuda():
 ])
 def test_sample_and_erase_equals_the_two_ops(device, case):
     B, C, H, W, N, dtype, layout, uniform, anchor = case
-    x = make_layout(torch.randn(B, C, H, W, device=device).to(dtype), layout)
+    x = relayout(torch.randn(B, C, H, W, device=device).to(dtype), layout)
     t = torch.softmax(torch.randn(B, N, device=device), 1).to(dtype)
     args = sample_args(B, H, W, C, device, seed=99, anchor=anchor, uniform=uniform,
                        config=anm_fast.ANMConfig(area_lo=0.05, area_hi=0.3))
