@@ -16,6 +16,7 @@
 #endif
 
 #include "../anm_common.h"
+#include "../op_checks.h"
 
 namespace anm_fast {
 namespace {
@@ -264,11 +265,7 @@ void activation_peaks_kernel(const at::Tensor& fmap, int64_t H, int64_t W, doubl
 std::tuple<at::Tensor, at::Tensor, at::Tensor> activation_peaks_cpu(const at::Tensor& fmap,
                                                                     int64_t height, int64_t width,
                                                                     double band) {
-  TORCH_CHECK(fmap.dim() == 4, "activation_peaks: fmap must be (B, K, h, w), got ",
-              fmap.sizes());
-  TORCH_CHECK(height > 0 && width > 0, "activation_peaks: image size must be positive");
-  TORCH_CHECK(fmap.size(1) > 0 && fmap.size(2) > 0 && fmap.size(3) > 0,
-              "activation_peaks: fmap has an empty dimension: ", fmap.sizes());
+  check_activation_peaks_args(fmap, height, width);
   const int64_t B = fmap.size(0);
   auto long_opts = fmap.options().dtype(at::kLong);
   at::Tensor peak_max = at::empty({B, 2}, long_opts);

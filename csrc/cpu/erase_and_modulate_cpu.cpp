@@ -9,17 +9,10 @@
 #include <cstring>
 
 #include "../anm_common.h"
+#include "../op_checks.h"
 
 namespace anm_fast {
 namespace {
-
-// Channels_last input stays channels_last (a channels_last model keeps its layout); anything
-// else gives a contiguous output. anm_fast/reference.py:erased_memory_format is the same rule.
-at::MemoryFormat erased_memory_format(const at::Tensor& x) {
-  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
-    return at::MemoryFormat::ChannelsLast;
-  return at::MemoryFormat::Contiguous;
-}
 
 struct Box {
   int64_t y0, x0, y1, x1;
@@ -28,11 +21,6 @@ struct Box {
 inline Box read_box(const int64_t* boxes, int64_t b) {
   const int64_t* p = boxes + 4 * b;
   return Box{p[0], p[1], p[0] + p[2], p[1] + p[3]};
-}
-
-void check_boxes(const at::Tensor& box, int64_t B, const char* name) {
-  TORCH_CHECK(box.dim() == 2 && box.size(0) == B && box.size(1) == 4, "erase_and_modulate: ", name,
-              " must be (B, 4), got ", box.sizes());
 }
 
 // Copy one H x W plane (source strides sH, sW) into a contiguous-row destination (row stride dH),
@@ -149,16 +137,8 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cpu(
     const at::Tensor& x, const at::Tensor& targets, const at::Tensor& box_max,
     const at::Tensor& box_min, const at::Tensor& fill_max, const at::Tensor& fill_min,
     const at::Tensor& ratio, double label_gain) {
-  TORCH_CHECK(x.dim() == 4, "erase_and_modulate: x must be (B, C, H, W), got ", x.sizes());
+  check_erase_args(x, targets, box_max, box_min, fill_max, fill_min, ratio);
   const int64_t B = x.size(0), C = x.size(1);
-  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2,
-              "erase_and_modulate: targets must be (B, N) with N >= 2, got ", targets.sizes());
-  check_boxes(box_max, B, "box_max");
-  check_boxes(box_min, B, "box_min");
-  TORCH_CHECK(fill_max.dim() == 2 && fill_max.size(0) == B && fill_max.size(1) == C &&
-                  fill_min.sizes() == fill_max.sizes(),
-              "erase_and_modulate: fills must be (B, C)");
-  TORCH_CHECK(ratio.dim() == 1 && ratio.size(0) == B, "erase_and_modulate: ratio must be (B,)");
 
   const at::Tensor boxes = at::cat({box_max, box_min}, 0).to(at::kLong).contiguous();
   const at::Tensor fills = at::cat({fill_max, fill_min}, 0).to(at::kFloat).contiguous();
@@ -251,14 +231,8 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cpu(
     const at::Tensor& grad_erased, const at::Tensor& grad_targets, const at::Tensor& targets,
     const at::Tensor& box_max, const at::Tensor& box_min, const at::Tensor& ratio,
     double label_gain) {
-  TORCH_CHECK(grad_erased.dim() == 4 && grad_erased.size(0) % 2 == 0,
-              "erase_and_modulate_backward: grad_erased must be (2B, C, H, W)");
-  const int64_t B = grad_erased.size(0) / 2;
-  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2 &&
-                  grad_targets.sizes() == targets.sizes(),
-              "erase_and_modulate_backward: targets and grad_targets must be (B, N)");
-  check_boxes(box_max, B, "box_max");
-  check_boxes(box_min, B, "box_min");
+  const int64_t B =
+      check_erase_backward_args(grad_erased, grad_targets, targets, box_max, box_min);
   const at::Tensor boxes = at::cat({box_max, box_min}, 0).to(at::kLong).contiguous();
   const at::Tensor r = ratio.to(at::kFloat).contiguous();
   const at::Tensor gt = grad_targets.contiguous();

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "../anm_common.h"
+#include "../op_checks.h"
 #include "cuda_utils.cuh"
 
 namespace anm_fast {
@@ -219,11 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> activation_peaks_cuda(const at::T
                                                                      int64_t height,
                                                                      int64_t width, double band) {
   TORCH_CHECK(fmap.is_cuda(), "activation_peaks (CUDA): fmap must be a CUDA tensor");
-  TORCH_CHECK(fmap.dim() == 4, "activation_peaks: fmap must be (B, K, h, w), got ",
-              fmap.sizes());
-  TORCH_CHECK(height > 0 && width > 0, "activation_peaks: image size must be positive");
-  TORCH_CHECK(fmap.size(1) > 0 && fmap.size(2) > 0 && fmap.size(3) > 0,
-              "activation_peaks: fmap has an empty dimension: ", fmap.sizes());
+  check_activation_peaks_args(fmap, height, width);
   const int64_t B = fmap.size(0), K = fmap.size(1), h = fmap.size(2), w = fmap.size(3);
   TORCH_CHECK(h * w <= INT_MAX && height * width <= INT_MAX - 2 * kPeakThreads,
               "activation_peaks (CUDA): feature map or image too large");

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "../anm_common.h"
+#include "../op_checks.h"
 #include "cuda_utils.cuh"
 
 namespace anm_fast {
@@ -26,17 +27,6 @@ constexpr int kWarpsPerBlock = 8;  // label kernels: one warp per sample
 template <typename scalar_t>
 using opmath_of = typename std::conditional<std::is_same<scalar_t, double>::value, double,
                                             float>::type;
-
-at::MemoryFormat erased_memory_format(const at::Tensor& x) {
-  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
-    return at::MemoryFormat::ChannelsLast;
-  return at::MemoryFormat::Contiguous;
-}
-
-void check_boxes(const at::Tensor& box, int64_t B, const char* name) {
-  TORCH_CHECK(box.dim() == 2 && box.size(0) == B && box.size(1) == 4, "erase_and_modulate: ",
-              name, " must be (B, 4), got ", box.sizes());
-}
 
 struct BoxRows {
   int64_t y0, x0, y1, x1;
@@ -291,16 +281,8 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cuda(
     const at::Tensor& x, const at::Tensor& targets, const at::Tensor& box_max,
     const at::Tensor& box_min, const at::Tensor& fill_max, const at::Tensor& fill_min,
     const at::Tensor& ratio, double label_gain) {
-  TORCH_CHECK(x.dim() == 4, "erase_and_modulate: x must be (B, C, H, W), got ", x.sizes());
+  check_erase_args(x, targets, box_max, box_min, fill_max, fill_min, ratio);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2,
-              "erase_and_modulate: targets must be (B, N) with N >= 2, got ", targets.sizes());
-  check_boxes(box_max, B, "box_max");
-  check_boxes(box_min, B, "box_min");
-  TORCH_CHECK(fill_max.dim() == 2 && fill_max.size(0) == B && fill_max.size(1) == C &&
-                  fill_min.sizes() == fill_max.sizes(),
-              "erase_and_modulate: fills must be (B, C)");
-  TORCH_CHECK(ratio.dim() == 1 && ratio.size(0) == B, "erase_and_modulate: ratio must be (B,)");
   TORCH_CHECK(x.is_cuda(), "erase_and_modulate (CUDA): x must be a CUDA tensor");
   const char* op = "erase_and_modulate";
   check_same_device(op, x, targets, "targets");
@@ -363,15 +345,9 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cuda(
     const at::Tensor& grad_erased, const at::Tensor& grad_targets, const at::Tensor& targets,
     const at::Tensor& box_max, const at::Tensor& box_min, const at::Tensor& ratio,
     double label_gain) {
-  TORCH_CHECK(grad_erased.dim() == 4 && grad_erased.size(0) % 2 == 0,
-              "erase_and_modulate_backward: grad_erased must be (2B, C, H, W)");
-  const int64_t B = grad_erased.size(0) / 2, C = grad_erased.size(1), H = grad_erased.size(2),
-                W = grad_erased.size(3);
-  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2 &&
-                  grad_targets.sizes() == targets.sizes(),
-              "erase_and_modulate_backward: targets and grad_targets must be (B, N)");
-  check_boxes(box_max, B, "box_max");
-  check_boxes(box_min, B, "box_min");
+  const int64_t B =
+      check_erase_backward_args(grad_erased, grad_targets, targets, box_max, box_min);
+  const int64_t C = grad_erased.size(1), H = grad_erased.size(2), W = grad_erased.size(3);
   TORCH_CHECK(grad_erased.is_cuda(),
               "erase_and_modulate_backward (CUDA): grad_erased must be a CUDA tensor");
   const char* op = "erase_and_modulate_backward";

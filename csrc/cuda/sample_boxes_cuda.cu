@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "../anm_common.h"
+#include "../op_checks.h"
 #include "cuda_utils.cuh"
 
 // Present only in builds that compiled the CUDA sources: tests look it up in the shared library
@@ -83,18 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
     const at::Tensor& sample_ids_in, const at::Tensor& seed, int64_t H, int64_t W, int64_t C,
     double area_lo, double area_hi, double quality_gain, double aspect_lo, double area_scale,
     bool center_anchor, bool uniform_fill, const at::Tensor& fill_value_in) {
-  TORCH_CHECK(peak_max_in.dim() == 2 && peak_max_in.size(1) == 2,
-              "sample_boxes: peak_max must be (B, 2)");
-  TORCH_CHECK(peak_min_in.sizes() == peak_max_in.sizes(), "sample_boxes: peak_min must be (B, 2)");
-  const int64_t B = peak_max_in.size(0);
-  TORCH_CHECK(quality_in.dim() == 1 && quality_in.size(0) == B,
-              "sample_boxes: quality must be (B,)");
-  TORCH_CHECK(sample_ids_in.dim() == 1 && sample_ids_in.size(0) == B,
-              "sample_boxes: sample_ids must be (B,)");
-  TORCH_CHECK(seed.numel() == 1, "sample_boxes: seed must hold one integer");
-  TORCH_CHECK(H > 0 && W > 0 && C > 0, "sample_boxes: image size and channels must be positive");
-  TORCH_CHECK(uniform_fill || fill_value_in.numel() == C,
-              "sample_boxes: fill_value must hold one value per channel");
+  const int64_t B = check_sample_boxes_args(peak_max_in, peak_min_in, quality_in, sample_ids_in,
+                                            seed, H, W, C, uniform_fill, fill_value_in);
   TORCH_CHECK(peak_max_in.is_cuda(), "sample_boxes (CUDA): peak_max must be a CUDA tensor");
   const char* op = "sample_boxes";
   check_same_device(op, peak_max_in, peak_min_in, "peak_min");
