@@ -96,24 +96,59 @@ def band(value) -> float:
     return float(value)
 
 
-def quality_values(quality: torch.Tensor) -> None:
-    if value_checks_active():
-        q = quality.detach()
-        if bool(torch.isnan(q).any()):
-            raise ValueError("quality contains NaN; expected values in [0, 1]")
-        if q.numel() and (bool((q < 0).any()) or bool((q > 1).any())):
-            raise ValueError(f"quality must lie in [0, 1], got values in "
-                             f"[{float(q.min())}, {float(q.max())}]")
+def _quality_bad(q: torch.Tensor) -> torch.Tensor:
+    q = q.detach()
+    return torch.isnan(q).any() | (q < 0).any() | (q > 1).any()
 
 
-def finite_energy(energy: torch.Tensor) -> None:
-    if value_checks_active() and energy.numel() and not bool(torch.isfinite(energy).all()):
-        raise ValueError("fmap contains non-finite values (NaN or Inf), or values whose squares "
-                         "overflow float32; the activation energy is undefined")
+def _quality_error(q: torch.Tensor) -> ValueError:
+    q = q.detach()
+    if bool(torch.isnan(q).any()):
+        return ValueError("quality contains NaN; expected values in [0, 1]")
+    return ValueError(f"quality must lie in [0, 1], got values in "
+                      f"[{float(q.min())}, {float(q.max())}]")
 
 
-def peaks_inside(peak: torch.Tensor, name: str, H: int, W: int) -> None:
-    if value_checks_active() and peak.numel():
-        p = peak.detach()
-        if bool((p < 0).any()) or bool((p[:, 0] >= H).any()) or bool((p[:, 1] >= W).any()):
-            raise ValueError(f"{name} holds positions outside the {H}x{W} image")
+def _energy_bad(energy: torch.Tensor) -> torch.Tensor:
+    return ~torch.isfinite(energy).all()
+
+
+_ENERGY_ERROR = ("fmap contains non-finite values (NaN or Inf), or values whose squares overflow "
+                 "float32; the activation energy is undefined")
+
+
+def _peaks_bad(peak: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    p = peak.detach()
+    return (p < 0).any() | (p[:, 0] >= H).any() | (p[:, 1] >= W).any()
+
+
+def _labels_bad(labels: torch.Tensor, n: int) -> torch.Tensor:
+    return (labels < 0).any() | (labels >= n).any()
+
+
+def check_values(*, quality=None, energy=None, peaks=(), image=None, labels=None,
+                 num_classes=None) -> None:
+    """All value checks of one call in a single host read (one GPU synchronisation, not one per
+    check); the message of the first failing check is then worked out on the slow path."""
+    if not value_checks_active():
+        return
+    checks = []  # (flag tensor, function building the error)
+    if labels is not None and labels.numel():
+        checks.append((_labels_bad(labels, num_classes),
+                       lambda: ValueError(f"targets hold class indices outside "
+                                          f"[0, {num_classes})")))
+    if quality is not None and quality.numel():
+        checks.append((_quality_bad(quality), lambda: _quality_error(quality)))
+    if energy is not None and energy.numel():
+        checks.append((_energy_bad(energy), lambda: ValueError(_ENERGY_ERROR)))
+    for name, peak in peaks:
+        if peak.numel():
+            checks.append((_peaks_bad(peak, *image),
+                           lambda name=name: ValueError(f"{name} holds positions outside the "
+                                                        f"{image[0]}x{image[1]} image")))
+    if not checks:
+        return
+    flags = torch.stack([flag for flag, _ in checks]).tolist()
+    for bad, (_, error) in zip(flags, checks):
+        if bad:
+            raise error()

@@ -56,7 +56,7 @@ def activation_peaks(fmap: torch.Tensor, image_size, *, band: float = 0.0) -> Pe
         raise ValueError(f"fmap must be non-empty, got shape {tuple(fmap.shape)}")
     H, W = chk.image_size(image_size)
     result = Peaks(*ops.activation_peaks(fmap.detach(), H, W, chk.band(band)))
-    chk.finite_energy(result.energy)
+    chk.check_values(energy=result.energy)
     return result
 
 
@@ -102,8 +102,7 @@ def _quality(quality, B: int, device) -> torch.Tensor:
     if tuple(q.shape) != (B,):
         raise ValueError(f"quality must have shape (B,) = ({B},), got {tuple(q.shape)}")
     chk.same_device("the batch", torch.empty(0, device=device), quality=q)
-    chk.quality_values(q)
-    return q.detach().to(torch.float32)
+    return q.detach().to(torch.float32)  # its values are checked by the caller's check_values
 
 
 def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_size,
@@ -112,9 +111,7 @@ def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_
     """Stage 2: one box per peak, sized by the label quality, from each sample's random stream
     (Philox keyed by `seed`, counter = sample id): the same sample gets the same box in any batch,
     on any device."""
-    config = ANMConfig() if config is None else config
-    if not isinstance(config, ANMConfig):
-        raise TypeError(f"config must be an ANMConfig, got {type(config).__name__}")
+    config = _config(config)
     pmax = chk.tensor(peak_max, "peak_max")
     if pmax.dim() != 2 or pmax.shape[1] != 2:
         raise ValueError(f"peak_max must be (B, 2), got shape {tuple(pmax.shape)}")
@@ -124,11 +121,14 @@ def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_
     chk.same_device("peak_max", pmax, peak_min=pmin)
     H, W = chk.image_size(image_size)
     C = chk.positive_int(channels, "channels")
-    chk.peaks_inside(pmax, "peak_max", H, W)
-    chk.peaks_inside(pmin, "peak_min", H, W)
     q = _quality(quality, B, pmax.device)
+    chk.check_values(quality=q, peaks=(("peak_max", pmax), ("peak_min", pmin)), image=(H, W))
     ids = _sample_ids(sample_ids, B, pmax.device)
-    seed_t = _seed_tensor(seed, pmax.device)
+    return _sample_boxes(pmax, pmin, q, ids, _seed_tensor(seed, pmax.device), H, W, C, config)
+
+
+def _sample_boxes(pmax, pmin, q, ids, seed_t, H: int, W: int, C: int,
+                  config: ANMConfig) -> Boxes:
     uniform, values = config.fill_values(C)
     # A small constant: kept on the CPU (the kernels take it as an argument; no device copy).
     fill_value = torch.tensor(values, dtype=torch.float32)
@@ -138,8 +138,22 @@ def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_
         config.anchor == "center", uniform, fill_value))
 
 
-def _targets(targets, B: int, device, num_classes: Optional[int]) -> torch.Tensor:
+_DEFAULT_CONFIG = ANMConfig()
+
+
+def _config(config) -> ANMConfig:
+    if config is None:
+        return _DEFAULT_CONFIG
+    if not isinstance(config, ANMConfig):
+        raise TypeError(f"config must be an ANMConfig, got {type(config).__name__}")
+    return config
+
+
+def _targets(targets, B: int, device, num_classes: Optional[int]):
+    """(soft targets (B, N), the class indices when given as such (else None), N). The indices'
+    range is checked by the caller's check_values, with the other value checks."""
     t = chk.tensor(targets, "targets")
+    labels = None
     chk.same_device("x", torch.empty(0, device=device), targets=t)
     if not t.dtype.is_floating_point:
         if t.dim() != 1:
@@ -151,10 +165,9 @@ def _targets(targets, B: int, device, num_classes: Optional[int]) -> torch.Tenso
         n = chk.positive_int(num_classes, "num_classes")
         if n < 2:
             raise ValueError(f"num_classes must be at least 2, got {n}")
-        if chk.value_checks_active() and t.numel() and (bool((t < 0).any()) or
-                                                        bool((t >= n).any())):
-            raise ValueError(f"targets hold class indices outside [0, {n})")
-        t = torch.nn.functional.one_hot(t.long(), n).to(torch.float32)
+        labels = t
+        # clamp: one_hot must not fail on out-of-range labels before check_values reports them
+        t = torch.nn.functional.one_hot(t.long().clamp(0, n - 1), n).to(torch.float32)
     if t.dim() != 2:
         raise ValueError(f"targets must be (B, N) soft targets or (B,) class indices, got shape "
                          f"{tuple(t.shape)}")
@@ -164,7 +177,7 @@ def _targets(targets, B: int, device, num_classes: Optional[int]) -> torch.Tenso
         raise ValueError(f"targets has batch size {t.shape[0]} but x has {B}")
     if num_classes is not None and t.shape[1] != num_classes:
         raise ValueError(f"targets has {t.shape[1]} classes but num_classes={num_classes}")
-    return t
+    return t, labels, t.shape[1]
 
 
 def erase_and_modulate(x: torch.Tensor, targets: torch.Tensor, box_max: torch.Tensor,
@@ -174,7 +187,7 @@ def erase_and_modulate(x: torch.Tensor, targets: torch.Tensor, box_max: torch.Te
     softened targets. Differentiable with respect to `x` and `targets`."""
     x = chk.float_tensor(x, "x", 4, "(B, C, H, W) images")
     B, C, _, _ = x.shape
-    t = _targets(targets, B, x.device, None)
+    t, _, _ = _targets(targets, B, x.device, None)
     bmax = chk.int_tensor(box_max, "box_max", "(B, 4)", (B, 4))
     bmin = chk.int_tensor(box_min, "box_min", "(B, 4)", (B, 4))
     fmax = chk.tensor(fill_max, "fill_max")
@@ -199,21 +212,26 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
     """Stages 1-3 in one call: peaks of `fmap`, label-quality guided boxes, erased copies of `x`
     and modulated targets. `targets` may be soft (B, N) or class indices (B,) with num_classes=.
     `seed=None` draws a seed from torch's default generator (torch.manual_seed repeats runs)."""
-    config = ANMConfig() if config is None else config
-    if not isinstance(config, ANMConfig):
-        raise TypeError(f"config must be an ANMConfig, got {type(config).__name__}")
+    config = _config(config)
     x = chk.float_tensor(x, "x", 4, "(B, C, H, W) images")
     fmap = chk.float_tensor(fmap, "fmap", 4, "(B, K, h, w)")
+    if 0 in fmap.shape[1:]:
+        raise ValueError(f"fmap must be non-empty, got shape {tuple(fmap.shape)}")
     B, C, H, W = x.shape
     chk.batch(fmap, "fmap", B, "x")
     chk.same_device("x", x, fmap=fmap)
-    t = _targets(targets, B, x.device, num_classes)
+    t, labels, n = _targets(targets, B, x.device, num_classes)
+    q = _quality(quality, B, x.device)
+    ids = _sample_ids(sample_ids, B, x.device)
     seed_t = _seed_tensor(seed, x.device)
-    peaks = activation_peaks(fmap, (H, W), band=config.band)
-    boxes = sample_boxes(peaks.peak_max, peaks.peak_min, quality, (H, W), C, config=config,
-                         seed=seed_t, sample_ids=sample_ids)
-    erased = erase_and_modulate(x, t, boxes.box_max, boxes.box_min, boxes.fill_max,
-                                boxes.fill_min, boxes.ratio, label_gain=config.label_gain)
-    return MaskBatch(erased.erased, erased.targets, boxes.box_max, boxes.box_min, boxes.ratio,
-                     boxes.fill_max, boxes.fill_min, peaks.peak_max, peaks.peak_min, peaks.energy,
-                     seed_t)
+    # The three ops directly: arguments are checked once here, and every value check of the call
+    # (labels, quality, finite energy) costs one host read together. The peaks come from our own
+    # op, so they need no range check.
+    peak_max, peak_min, energy = ops.activation_peaks(fmap.detach(), H, W, float(config.band))
+    chk.check_values(labels=labels, num_classes=n, quality=q, energy=energy)
+    boxes = _sample_boxes(peak_max, peak_min, q, ids, seed_t, H, W, C, config)
+    erased, targets_out = ops.erase_and_modulate(x, t, boxes.box_max, boxes.box_min,
+                                                 boxes.fill_max, boxes.fill_min, boxes.ratio,
+                                                 float(config.label_gain))
+    return MaskBatch(erased, targets_out, boxes.box_max, boxes.box_min, boxes.ratio,
+                     boxes.fill_max, boxes.fill_min, peak_max, peak_min, energy, seed_t)
