@@ -82,7 +82,8 @@ def test_crash_during_checkpoint_write_leaves_previous_checkpoint(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         run(settings(["ce"], 3), str(tmp_path))
     folder = tmp_path / "ce" / "seed0"
-    assert sorted(os.listdir(folder)) == ["checkpoint.pt", "metrics.jsonl"]  # no temp file left
+    assert sorted(os.listdir(folder)) == ["checkpoint.pt", "checkpoint.pt.sha256",
+                                          "metrics.jsonl"]  # no temp file left
     state = ckpt_mod.load(str(folder / "checkpoint.pt"))
     assert state["epoch"] == 1
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)

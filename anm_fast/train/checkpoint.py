@@ -1,20 +1,45 @@
-"""Atomic checkpoints: a crash at any moment leaves either the old file or the new one, whole.
+"""Fault-safe checkpoints: a crash or SIGKILL at any moment leaves at least one whole, verified
+checkpoint in the run folder (once the first one has been written).
 
-The new state goes to a temporary file in the same folder, is flushed and fsync'ed, and only then
-renamed over the old checkpoint (rename is atomic within a file system); the folder is fsync'ed
-so the rename itself survives a power cut. The state holds everything an exact resume needs:
-networks, optimisers, schedulers, the method's generators, torch's global RNG states, the GMM loss
-history and the epoch; it loads with torch.load(weights_only=True).
+Each save serialises the state in memory, writes it to a temporary file in the same folder,
+flushes and fsyncs it, and renames it over `checkpoint.pt` (rename is atomic within a file
+system); the folder is fsynced so the rename itself survives a power cut. The previous checkpoint
+is kept as `checkpoint.prev.pt`. Each file has a sidecar `<file>.sha256`: a rename is atomic, but
+a disk, a copy tool or a full file system can still leave a file truncated or corrupt, and
+torch.load does not always notice (zip entries are not CRC-checked on load). `load_latest` uses the
+newest file whose checksum matches and falls back to the previous one otherwise.
+
+Save order (each step atomic) and what a kill between two steps leaves:
+  1. tmp file written + fsynced         -> current pair intact
+  2. current pair hard-linked to prev    -> current intact (prev may be mid-update: ignored)
+  3. new sidecar renamed into place      -> current mismatches, prev pair intact
+  4. tmp renamed over checkpoint.pt      -> current pair intact (new)
+The state holds everything an exact resume needs: networks, optimisers, schedulers, the method's
+generators, torch's global RNG states, the GMM loss history and the epoch; it loads with
+torch.load(weights_only=True).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import sys
 import tempfile
+import time
 from typing import Any, Dict, Optional
 
 import torch
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+SUFFIX = ".sha256"
+# Test-only: seconds to sleep in the middle of each save, so a test's SIGKILL can land inside a
+# checkpoint write (tests/test_train_faults.py). Never set it in real runs.
+_SLOW_ENV = "ANM_FAST_TEST_SLOW_CHECKPOINT"
+
+
+class CheckpointError(ValueError):
+    """A run folder's checkpoint files exist but none of them is whole."""
 
 
 def rng_state() -> Dict[str, Any]:
@@ -30,23 +55,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(state: Dict[str, Any], path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # KeyboardInterrupt included: never leave a half-written temp file behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def _slow_pause():
+    delay = os.environ.get(_SLOW_ENV)
+    if delay:
+        time.sleep(float(delay))
+
+
+def _fsync_dir(folder: str) -> None:
     try:
         dfd = os.open(folder, os.O_RDONLY)
         try:
@@ -57,7 +72,141 @@ def save_atomic(state: Dict[str, Any], path: str) -> None:
         pass
 
 
-def load(path: str, map_location="cpu") -> Optional[Dict[str, Any]]:
+def _write_file(path_tmp_dir: str, prefix: str, data: bytes, *, slow: bool = False) -> str:
+    """`data` in a new fsynced temp file in the folder; returns its path (removed on failure)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=path_tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if slow:  # half a file on disk while the test's kill may land
+                f.write(data[: len(data) // 2])
+                f.flush()
+                _slow_pause()
+                f.write(data[len(data) // 2:])
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        # KeyboardInterrupt included: never leave a half-written temp file behind
+        _unlink(tmp)
+        raise
+    return tmp
+
+
+def _remove_stale_temps(folder: str) -> None:
+    """Temp files of a writer killed mid-save (SIGKILL runs no cleanup). One writer per run
+    folder (rank 0 of one run), so any temp file found before a save is stale."""
+    for name in os.listdir(folder):
+        if name.startswith((".tmp-", ".tmp-sum-", ".tmp-link-")):
+            _unlink(os.path.join(folder, name))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _keep_previous(path: str, prev: str) -> None:
+    """Make `prev` (and its sidecar) the current pair's content without ever removing the
+    current pair: hard links where the file system has them, copies otherwise."""
+    folder = os.path.dirname(prev)
+    for src, dst in ((path, prev), (path + SUFFIX, prev + SUFFIX)):
+        if not os.path.exists(src):
+            _unlink(dst)
+            continue
+        tmp = os.path.join(folder, f".tmp-link-{os.getpid()}-{os.path.basename(dst)}")
+        _unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def save_atomic(state: Dict[str, Any], path: str) -> None:
+    """Write `state` to `path` as described in the module docstring, keeping the previous one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, os.path.basename(path))
+    _remove_stale_temps(folder)
+    buf = io.BytesIO()
+    torch.save(state, buf)  # in memory first: the checksum is of exactly the bytes written
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    tmp = _write_file(folder, ".tmp-", data, slow=bool(os.environ.get(_SLOW_ENV)))
+    try:
+        tmp_sum = _write_file(folder, ".tmp-sum-", f"{digest}  {os.path.basename(path)}\n".encode())
+    except BaseException:
+        _unlink(tmp)
+        raise
+    try:
+        if os.path.exists(path):
+            _keep_previous(path, os.path.join(folder, PREVIOUS))
+            _slow_pause()
+        os.replace(tmp_sum, path + SUFFIX)
+        _slow_pause()
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        _unlink(tmp_sum)
+        raise
+    _fsync_dir(folder)
+
+
+def _verified(path: str) -> Optional[bytes]:
+    """The file's bytes if its sidecar checksum matches (or it predates sidecars), else None."""
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    with open(path, "rb") as f:
+        data = f.read()
+    sidecar = path + SUFFIX
+    if os.path.exists(sidecar):
+        with open(sidecar) as f:
+            want = f.read().split()
+        if not want or hashlib.sha256(data).hexdigest() != want[0]:
+            return None
+    return data
+
+
+def load_file(path: str, map_location="cpu") -> Optional[Dict[str, Any]]:
+    """One checkpoint file, verified; None when missing, corrupt or truncated."""
+    data = _verified(path)
+    if data is None:
+        return None
+    try:
+        # the load-check: also catches damage in a file written before sidecars existed
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a usable checkpoint
+        return None
+    return state if isinstance(state, dict) and "epoch" in state else None
+
+
+def load_latest(run_dir: str, map_location="cpu", *, quiet: bool = False
+                ) -> Optional[Dict[str, Any]]:
+    """The newest whole checkpoint in `run_dir`: checkpoint.pt, else checkpoint.prev.pt.
+    None when the folder holds no checkpoint at all; CheckpointError when it holds only
+    damaged ones (starting over silently would throw the user's run away)."""
+    cur, prev = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, PREVIOUS)
+    state = load_file(cur, map_location)
+    if state is not None:
+        return state
+    fallback = load_file(prev, map_location)
+    if fallback is not None:
+        if os.path.exists(cur) and not quiet:
+            print(f"warning: {cur} is damaged or incomplete; resuming from {prev} "
+                  f"(epoch {fallback['epoch']})", file=sys.stderr)
+        return fallback
+    if os.path.exists(cur) or os.path.exists(prev):
+        raise CheckpointError(f"{run_dir}: {CHECKPOINT} and {PREVIOUS} are both damaged or "
+                              f"incomplete; move them away to restart this run from scratch")
+    return None
+
+
+def load(path: str, map_location="cpu") -> Optional[Dict[str, Any]]:
+    """The newest whole checkpoint of the run folder holding `path` (kept for callers that
+    name the file)."""
+    return load_latest(os.path.dirname(os.path.abspath(path)), map_location)

@@ -14,6 +14,9 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from . import distributed as dist
+from . import preempt
+from .checkpoint import CheckpointError
 from .loop import Settings, free_folder, run
 from .methods import METHODS
 from .noise import parse_noise
@@ -30,6 +33,10 @@ HP_FLAGS = {
     "anm_area_hi": float, "anm_area_scale": float, "anm_quality_gain": float,
     "anm_label_gain": float, "image_size": int, "train_subset": int, "pretrained": str, "threads": int,
 }
+# boolean hyper-parameter flags (store_true)
+HP_SWITCHES = {"compile": "torch.compile the networks (GPU)",
+               "sync_bn": "under torchrun on GPUs: SyncBatchNorm (batch statistics over the "
+                          "global batch) instead of per-rank statistics"}
 SETTING_KEYS = ("dataset", "data_dir", "noise", "noise_file", "noise_rate", "method", "compare",
                 "seed", "seeds", "device", "out", "epochs", "batch_size", "trust_noise_file")
 
@@ -70,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other hyper-parameter (JSON value), e.g. --set prior_penalty=false")
-    g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the networks (GPU)")
+    for name, text in HP_SWITCHES.items():
+        g.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
+                       default=None, help=text)
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bar / epoch lines")
     o.add_argument("--no-plots", action="store_true", help="skip PNG plots")
@@ -114,8 +122,9 @@ def settings_from(args: argparse.Namespace) -> (Settings, Optional[str], Dict):
     for k in HP_FLAGS:
         if k in flags:
             hp[k] = flags[k]
-    if pick("compile"):
-        hp["compile"] = True
+    for name in HP_SWITCHES:
+        if pick(name):
+            hp[name] = True
     for kv in args.set:
         k, sep, v = kv.partition("=")
         if not sep:
@@ -156,8 +165,11 @@ def settings_from(args: argparse.Namespace) -> (Settings, Optional[str], Dict):
 def _save_settings(s: Settings, out: str) -> None:
     import dataclasses
 
-    with open(os.path.join(out, "run_config.json"), "w") as f:
+    # via a temp file: a run killed right here must still be resumable with --resume
+    path = os.path.join(out, "run_config.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(dataclasses.asdict(s), f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def _load_settings(run_dir: str) -> Settings:
@@ -170,6 +182,19 @@ def _load_settings(run_dir: str) -> Settings:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        dist.init(args.device)  # torchrun: join the process group (no-op otherwise)
+    except (ValueError, RuntimeError) as e:
+        print(f"anm-train: error: torch.distributed: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _main(args)
+    finally:
+        dist.shutdown()
+
+
+def _main(args: argparse.Namespace) -> int:
+    main_rank = dist.is_main()
     try:
         if args.resume:
             s = _load_settings(args.resume)
@@ -186,17 +211,27 @@ def main(argv: Optional[List[str]] = None) -> int:
                 what = ("compare-" + "-".join(s.methods)) if len(s.methods) > 1 else s.methods[0]
                 out = os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{s.dataset}-"
                                            f"{s.noise.replace(':', '-')}{s.noise_rate:g}-{what}")
-            free = free_folder(out)
-            if free != out:
-                print(f"{out} exists: writing to {free} instead", file=sys.stderr)
-            out = free
-            os.makedirs(out, exist_ok=True)
-            _save_settings(s, out)
-        result = run(s, out)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+            if main_rank:
+                free = free_folder(out)
+                if free != out:
+                    print(f"{out} exists: writing to {free} instead", file=sys.stderr)
+                out = free
+                os.makedirs(out, exist_ok=True)
+                _save_settings(s, out)
+            out = dist.broadcast_object(out)  # one folder for all ranks, chosen by rank 0
+        with preempt.handle_signals():
+            result = run(s, out)
+    except preempt.Preempted as e:
+        if main_rank:
+            print(f"\nanm-train: {e} received: stopped at a step boundary. The last completed "
+                  f"epoch's checkpoint is in {os.path.abspath(out)}; continue with\n"
+                  f"  anm-train --resume {out}", file=sys.stderr)
+        return 128 + e.signum
+    except (ValueError, FileNotFoundError, ImportError, CheckpointError) as e:
         print(f"anm-train: error: {e}", file=sys.stderr)
         return 2
-    _print_summary(result, out)
+    if main_rank:
+        _print_summary(result, out)
     return 0
 
 

@@ -1,9 +1,11 @@
 """The epoch loop of one (method, seed) run, and the driver over methods and seeds.
 
 One run = one folder `<out>/<method>/seed<k>/` with checkpoint.pt (rewritten atomically every
-epoch), metrics.jsonl and result.json. Starting a run whose folder holds a checkpoint continues it
-exactly: the state restored is the whole state (weights, optimisers, schedulers, generators, loss
-history), so 2 epochs + resume 2 gives the same weights as 4 epochs in one go on CPU.
+epoch, the previous one kept, both checksummed: checkpoint.py), metrics.jsonl and result.json.
+Starting a run whose folder holds a checkpoint continues it exactly: the state restored is the
+whole state (weights, optimisers, schedulers, generators, loss history), so 2 epochs + resume 2
+gives the same weights as 4 epochs in one go on CPU. SIGTERM/SIGINT stop the run at the next step
+boundary (preempt.py); under torchrun, rank 0 alone writes files (distributed.py).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed as dist
+from . import preempt
 from . import reporting
 from .data import DataBundle, load_dataset, load_label_file
 from .methods import Context, get_method
@@ -25,6 +29,8 @@ from .presets import resolve
 
 
 def choose_device(name: Optional[str]) -> torch.device:
+    if dist.world() > 1 and torch.cuda.is_available() and (name or "auto") in ("auto", "cuda"):
+        return torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (dist.init)
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -54,6 +60,19 @@ def prepare_labels(s: Settings, data: DataBundle, seed: int, cache: Optional[str
     kind, key = parse_noise(s.noise)
     meta = {"dataset": s.dataset, "noise": s.noise, "rate": s.noise_rate, "seed": seed,
             "n": len(data.y_train)}
+    if cache and dist.world() > 1 and not dist.is_main():
+        dist.barrier()  # rank 0 writes the cache first; every rank then reads the same labels
+        cached = load_cached(cache, meta)
+        if cached is None:
+            raise ValueError(f"{cache}: rank 0 wrote no noisy-label cache (different folders?)")
+        return cached
+    labels = _prepare_labels(s, data, seed, cache, kind, key, meta)
+    if cache and dist.world() > 1:
+        dist.barrier()
+    return labels
+
+
+def _prepare_labels(s, data, seed, cache, kind, key, meta) -> NoisyLabels:
     if cache:
         cached = load_cached(cache, meta)
         if cached is not None:
@@ -117,7 +136,7 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
         for net in method.nets():
             net.compile()
     start = 0
-    state = ckpt.load(ckpt_path)
+    state = ckpt.load_latest(run_dir, quiet=not dist.is_main())
     if state is not None:
         if state["method_name"] != method_name:
             raise ValueError(f"{ckpt_path} belongs to method {state['method_name']!r}")
@@ -128,14 +147,17 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
             method.probs = [p.to(device) if p is not None else None for p in method.probs]
         ckpt.set_rng_state(state["rng"])
         start = int(state["epoch"])
-    log = reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), resume_epoch=start)
+    main = dist.is_main()
+    log = reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), resume_epoch=start) \
+        if main else None
     clean = data.y_train >= 0
     is_clean = labels.noisy == data.y_train
     epochs = int(hp["epochs"])
     for epoch in range(start, epochs):
         t0 = time.time()
         bar = None
-        if s.progress:
+        method.begin_epoch(epoch)
+        if s.progress and main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=method.iterations(epoch), leave=False, file=sys.stderr,
@@ -147,13 +169,15 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
             if bar is not None:
                 bar.close()
         method.end_epoch()
+        dist.average_bn_buffers(method.all_modules())  # same model on every rank from here on
         acc = evaluate(method, data, device)
         row = {"epoch": epoch, "test_acc": acc, "lr": lr, "seconds": round(time.time() - t0, 3)}
         if method.quality is not None and clean.all():
             row["quality_auc"] = reporting.roc_auc(is_clean, method.quality.cpu().numpy())
         row.update({k: float(v) for k, v in stats.items()})
-        log.write(row)
-        if s.progress:
+        if main:
+            log.write(row)
+        if s.progress and main:
             extra = f"  quality AUC {row['quality_auc']:.3f}" if "quality_auc" in row else ""
             print(f"[{method_name} seed {seed}] epoch {epoch + 1}/{epochs}  test acc "
                   f"{100 * acc:.2f}%{extra}  ({row['seconds']:.1f}s)", file=sys.stderr)
@@ -161,11 +185,19 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
                  "method": method.state_dict(), "rng": ckpt.rng_state()}
         if on_checkpoint is not None:
             on_checkpoint(epoch + 1)
-        ckpt.save_atomic(state, ckpt_path)
+        if main:
+            ckpt.save_atomic(state, ckpt_path)
+        dist.barrier()  # no rank reads or outruns a checkpoint that is not whole yet
         if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
             return None
-    summary = reporting.summarise(log.rows())
+        preempt.check()  # a signal during evaluation or the write: stop on this checkpoint
     q = method.final_quality().detach().float().cpu().numpy()
+    if dist.world() > 1:
+        # every rank's own quality vector, so a test (or a user) can check they agree
+        np.save(os.path.join(run_dir, f"quality.rank{dist.rank()}.npy"), q)
+    if not main:
+        return {"method": method_name, "seed": seed, "rank": dist.rank()}
+    summary = reporting.summarise(log.rows())
     summary.update(realised_noise_rate=labels.realised_rate,
                    quality_auc=reporting.roc_auc(is_clean, q) if clean.all() else float("nan"),
                    method=method_name, seed=seed)
@@ -248,11 +280,13 @@ def run(s: Settings, out: str, *, stop_after: Optional[int] = None,
     results: Dict[str, Dict[str, Dict]] = {m: {} for m in s.methods}
     curves: Dict[str, List[List[float]]] = {m: [] for m in s.methods}
     interrupted = False
+    main = dist.is_main()
     for seed in s.seeds:
         labels = prepare_labels(s, data, seed, os.path.join(out, "noise", f"seed{seed}.npz"))
-        print(f"seed {seed}: {labels.description}, realised noise rate "
-              f"{100 * labels.realised_rate:.2f}% on {len(labels.noisy)} training images",
-              file=sys.stderr)
+        if main:
+            print(f"seed {seed}: {labels.description}, realised noise rate "
+                  f"{100 * labels.realised_rate:.2f}% on {len(labels.noisy)} training images",
+                  file=sys.stderr)
         for m in s.methods:
             hp = _hp_for(s, m, kind)
             run_dir = os.path.join(out, m, f"seed{seed}")
@@ -269,11 +303,15 @@ def run(s: Settings, out: str, *, stop_after: Optional[int] = None,
                 interrupted = True
                 continue
             results[m][str(seed)] = summary
+            if not main:
+                continue
             curves[m].append([r["test_acc"] for r in
                               reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"),
                                                    resume_epoch=10**9).rows()])
     out_obj = {"dataset": s.dataset, "noise": s.noise, "noise_rate": s.noise_rate,
                "device": str(device), "results": results, "complete": not interrupted}
+    if not main:
+        return out_obj
     reporting.write_json(os.path.join(out, "results.json"), out_obj)
     if s.plots and any(curves.values()):
         try:

@@ -40,10 +40,14 @@ class MetricsLog:
             keep = []
             with open(path) as f:
                 for line in f:
-                    if line.strip() and json.loads(line).get("epoch", 0) < resume_epoch:
-                        keep.append(line)
-            with open(path, "w") as f:
+                    row = _row(line)
+                    if row is not None and row.get("epoch", 0) < resume_epoch:
+                        keep.append(json.dumps(row) + "\n")
+            # rewritten via a temp file: a kill here must not lose the rows already logged
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
                 f.writelines(keep)
+            os.replace(tmp, path)
 
     def write(self, row: Dict) -> None:
         with open(self.path, "a") as f:
@@ -54,7 +58,17 @@ class MetricsLog:
         if not os.path.exists(self.path):
             return []
         with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            return [r for r in map(_row, f) if r is not None]
+
+
+def _row(line: str):
+    """One metrics.jsonl row; None for a blank line or the torn last line of a killed run."""
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def summarise(rows: Sequence[Dict]) -> Dict[str, float]:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as dist
+from .. import preempt
 from ..data import DataBundle, augment
 
 
@@ -47,6 +49,10 @@ class Method:
         # coefficients, ANM seeds), so a checkpoint of their states gives an exact resume.
         self.gen = torch.Generator().manual_seed(ctx.seed * 1000003 + 17)
         self.np_rng = np.random.Generator(np.random.PCG64(ctx.seed + 12345))
+        # Draws whose count depends on the local batch size (augmentation, MixUp pairings). One
+        # process: the same generator, so nothing changes. Under torch.distributed: a per-rank
+        # generator, because `gen` must stay identical on every rank to shard one global shuffle.
+        self.local_gen = self.gen
         self.quality: Optional[torch.Tensor] = None   # latest label quality of the train set
 
     # -------------------------------------------------------------------------- building blocks
@@ -68,6 +74,8 @@ class Method:
             state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
             net.load_state_dict(state, strict=False)
         net = net.to(self.ctx.device)
+        if self.hp.get("sync_bn"):
+            net = dist.convert_sync_bn(net, self.ctx.device)
         if self.ctx.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return net
@@ -82,6 +90,7 @@ class Method:
                                                          gamma=0.1)
         else:
             raise ValueError(f"unknown schedule {self.hp['schedule']!r}: step or cosine")
+        dist.average_gradients_on_step(opt)  # data parallel: no-op in a single process
         return opt, sched
 
     def autocast(self):
@@ -90,16 +99,23 @@ class Method:
         return contextlib.nullcontext()
 
     def batches(self, indices: torch.Tensor, batch_size: int, drop_last: bool = False):
-        """Shuffled mini-batches of `indices` (a CPU int64 tensor) from the method's generator."""
+        """Shuffled mini-batches of `indices` (a CPU int64 tensor) from the method's generator.
+        `batch_size` is the global batch: under torch.distributed each rank gets its slice.
+        Polls for SIGTERM/SIGINT before every step (preempt.py)."""
         perm = indices[torch.randperm(len(indices), generator=self.gen)]
         stop = len(perm) - (len(perm) % batch_size if drop_last else 0)
+        w = dist.world()
         for i in range(0, stop, batch_size):
-            yield perm[i:i + batch_size]
+            preempt.check()
+            batch = perm[i:i + batch_size]
+            if len(batch) < w:  # a tail too short to give every rank a sample: skipped by all
+                continue
+            yield dist.shard(batch)
 
     def images(self, idx: torch.Tensor, aug: bool = True) -> torch.Tensor:
         x = self.ctx.data.x_train[idx].to(self.ctx.device, non_blocking=True)
         if aug:
-            x = augment(x, self.gen, self.ctx.data.pad, self.ctx.data.flip)
+            x = augment(x, self.local_gen, self.ctx.data.pad, self.ctx.data.flip)
         if self.ctx.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -117,12 +133,16 @@ class Method:
         net.eval()
         out = []
         bs = 512
-        for i in range(0, self.ctx.n, bs):
-            idx = torch.arange(i, min(i + bs, self.ctx.n))
+        # under torch.distributed each rank scores its share, then every rank gets all of them
+        mine = dist.local_indices(self.ctx.n) if dist.world() > 1 else None
+        count = self.ctx.n if mine is None else len(mine)
+        for i in range(0, count, bs):
+            idx = torch.arange(i, min(i + bs, count)) if mine is None else mine[i:i + bs]
             with self.autocast():
                 out.append(net(self.images(idx, aug=False)).float())
         net.train(was)
-        return torch.cat(out)
+        logits = torch.cat(out)
+        return logits if mine is None else dist.gather_by_index(logits, self.ctx.n)
 
     def clean_posterior(self, net, history=None) -> torch.Tensor:
         """Stage 5: GMM posterior of the low-loss component over per-sample CE on noisy labels."""
@@ -172,6 +192,18 @@ class Method:
         if self.quality is not None:
             return self.quality
         return self.clean_posterior(self.nets()[0])
+
+    def begin_epoch(self, epoch: int) -> None:
+        if dist.world() > 1:
+            self.local_gen = dist.local_generator(self.ctx.seed, epoch)
+
+    def all_modules(self) -> List[torch.nn.Module]:
+        """Networks and decoders: what BatchNorm statistics are averaged over under DDP."""
+        mods = list(self.nets())
+        if getattr(self, "decoder", None) is not None:
+            mods.append(self.decoder)
+        mods += list(getattr(self, "decoders", []) or [])
+        return mods
 
     def lr(self) -> float:
         return self._opts()[0].param_groups[0]["lr"]

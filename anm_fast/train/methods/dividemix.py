@@ -152,7 +152,7 @@ class DivideMix(Method):
             n_x = sum(len(g) for g in groups_x)
             lam = float(self.np_rng.beta(hp["alpha"], hp["alpha"]))
             lam = max(lam, 1 - lam)
-            perm = torch.randperm(len(all_in), generator=self.gen).to(self.ctx.device)
+            perm = torch.randperm(len(all_in), generator=self.local_gen).to(self.ctx.device)
             mixed_in = lam * all_in + (1 - lam) * all_in[perm]
             mixed_t = lam * all_t + (1 - lam) * all_t[perm]
             with self.autocast():

@@ -1,0 +1,209 @@
+"""Fault safety of anm-train: SIGKILL at random moments (some inside a checkpoint write), a
+damaged latest checkpoint, and SIGTERM; every resumed run must end bit-identical (CPU, one
+thread, fixed seed) to an uninterrupted one."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from anm_fast.train import checkpoint as ckpt
+from anm_fast.train.cli import _save_settings, build_parser, main, settings_from
+from anm_fast.train.loop import run as run_loop
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+EPOCHS = 6
+ARGS = ["--dataset", "digits", "--method", "anm", "--epochs", str(EPOCHS), "--noise-rate", "0.5",
+        "--set", "train_subset=200", "--width", "8", "--warmup", "1", "--batch-size", "32",
+        "--threads", "1", "--device", "cpu", "--no-progress", "--no-plots"]
+
+
+def _assert_same(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run (in-process: same code path as the CLI, no interpreter start-up)."""
+    out = str(tmp_path_factory.mktemp("ref") / "run")
+    assert main(ARGS + ["--out", out]) == 0
+    return ckpt.load_latest(os.path.join(out, "anm", "seed0"))
+
+
+def _start(run, resume, slow=None):
+    env = dict(os.environ)
+    env.pop("ANM_FAST_TEST_SLOW_CHECKPOINT", None)
+    if slow:
+        env["ANM_FAST_TEST_SLOW_CHECKPOINT"] = str(slow)
+    cmd = [sys.executable, "-m", "anm_fast.train"] + (
+        ["--resume", run, "--no-progress", "--no-plots"] if resume else ARGS + ["--out", run])
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _check_folder(run_dir):
+    """At every kill point: a verified checkpoint, or none at all before the first epoch ends."""
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    state = ckpt.load_latest(run_dir, quiet=True)  # raises CheckpointError if all are damaged
+    if state is None:
+        assert not any(n.startswith("checkpoint") and n.endswith(".pt") for n in names), names
+        return 0
+    return int(state["epoch"])
+
+
+def _inode(path):
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _wait_for(proc, cond, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if cond():
+            return time.time()
+        time.sleep(0.005)
+    return None
+
+
+def _in_checkpoint_write(run_dir):
+    return os.path.isdir(run_dir) and any(n.startswith(".tmp-") for n in os.listdir(run_dir))
+
+
+def test_sigkill_at_random_points_then_resume_is_identical(tmp_path, reference):
+    rng = random.Random(7)
+    run = str(tmp_path / "run")
+    run_dir = os.path.join(run, "anm", "seed0")
+    kills = []
+    # alternate: a kill at a random moment, and a kill as soon as a checkpoint write is under way
+    # (the write is slowed by the test hook so the kill lands inside it)
+    for attempt in range(4):
+        resume = os.path.exists(os.path.join(run, "run_config.json"))
+        before = _check_folder(run_dir)
+        inode = _inode(os.path.join(run_dir, "metrics.jsonl"))
+        proc = _start(run, resume, slow=0.15)
+        if attempt % 2 == 0:
+            # a random moment of the training itself (interpreter start-up varies by machine):
+            # counted from when the process creates the run's folder
+            # (fresh) or rewrites metrics.jsonl through a temp file, a new inode (resumed)
+            metrics = os.path.join(run_dir, "metrics.jsonl")
+            t0 = _wait_for(proc, lambda: os.path.isdir(run_dir) and (
+                not resume or _inode(metrics) != inode))
+            deadline = (t0 or time.time()) + rng.uniform(0.0, 3.0)
+            while time.time() < deadline and proc.poll() is None:
+                time.sleep(0.01)
+            where = "random"
+        else:
+            # let this process finish one checkpoint first (so the run makes progress and a
+            # previous checkpoint exists), then kill it inside its next write
+            deadline = time.time() + 60
+            while time.time() < deadline and proc.poll() is None and not (
+                    _check_folder(run_dir) > before and _in_checkpoint_write(run_dir)):
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.4))  # somewhere inside the (slowed) write
+            where = "in checkpoint write"
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        epoch = _check_folder(run_dir)
+        kills.append((where, epoch))
+        if epoch >= EPOCHS:
+            break
+    print("kills (where, checkpoint epoch):", kills)
+    assert any(w == "in checkpoint write" and e >= 1 for w, e in kills)
+    proc = _start(run, resume=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    state = ckpt.load_latest(run_dir)
+    assert state["epoch"] == EPOCHS, kills
+    _assert_same(reference["method"], state["method"])
+    _assert_same(reference["rng"], state["rng"])
+    rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == list(range(EPOCHS))
+    assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp-")]
+
+
+def _run_partly(run, epochs_done):
+    """The reference settings, stopped after `epochs_done` epochs (same schedule as the full run)."""
+    s, _, _ = settings_from(build_parser().parse_args(ARGS))
+    os.makedirs(run)
+    _save_settings(s, run)
+    run_loop(s, run, stop_after=epochs_done)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, reference):
+    run = str(tmp_path / "run")
+    _run_partly(run, 3)
+    run_dir = os.path.join(run, "anm", "seed0")
+    cur = os.path.join(run_dir, ckpt.CHECKPOINT)
+    size = os.path.getsize(cur)
+    with open(cur, "r+b") as f:  # a flipped byte in the middle: torch.load alone may not notice
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert ckpt.load_file(cur) is None
+    assert ckpt.load_latest(run_dir, quiet=True)["epoch"] == 2
+    with open(cur, "r+b") as f:  # and a truncated one
+        f.truncate(size // 3)
+    assert ckpt.load_latest(run_dir, quiet=True)["epoch"] == 2
+    assert main(["--resume", run, "--no-progress", "--no-plots"]) == 0
+    state = ckpt.load_latest(run_dir)
+    assert state["epoch"] == EPOCHS
+    _assert_same(reference["method"], state["method"])
+
+
+def test_all_checkpoints_damaged_is_a_clear_error(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    _run_partly(run, 2)
+    run_dir = os.path.join(run, "anm", "seed0")
+    for name in (ckpt.CHECKPOINT, ckpt.PREVIOUS):
+        with open(os.path.join(run_dir, name), "r+b") as f:
+            f.truncate(100)
+    with pytest.raises(ckpt.CheckpointError, match="both damaged"):
+        ckpt.load_latest(run_dir)
+    assert main(["--resume", run, "--no-progress", "--no-plots"]) == 2
+    assert "both damaged" in capsys.readouterr().err
+
+
+def test_sigterm_stops_cleanly_and_resumes_identically(tmp_path, reference):
+    run = str(tmp_path / "run")
+    run_dir = os.path.join(run, "anm", "seed0")
+    proc = _start(run, resume=False)
+    deadline = time.time() + 60
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    while time.time() < deadline and proc.poll() is None and not (
+            os.path.exists(metrics) and len(open(metrics).readlines()) >= 2):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before the test could signal it"
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM received" in err and "--resume" in err and "Traceback" not in err
+    assert time.time() - sent < 10  # stops at the next step, not at the end of the run
+    stopped_at = ckpt.load_latest(run_dir)["epoch"]
+    assert 2 <= stopped_at < EPOCHS
+    proc = _start(run, resume=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    state = ckpt.load_latest(run_dir)
+    _assert_same(reference["method"], state["method"])
