@@ -67,11 +67,13 @@ def batch(t: torch.Tensor, name: str, expected: int, expected_from: str) -> None
         raise ValueError(f"{name} has batch size {t.shape[0]} but {expected_from} has {expected}")
 
 
-def same_device(reference_name: str, reference: torch.Tensor, **others) -> None:
+def same_device(reference_name: str, reference, **others) -> None:
+    """`reference` is a tensor or a torch.device; every tensor in `others` must be on it."""
+    device = reference if isinstance(reference, torch.device) else reference.device
     for name, t in others.items():
-        if t is not None and t.device != reference.device:
+        if t is not None and t.device != device:
             raise ValueError(f"{name} is on {t.device} but {reference_name} is on "
-                             f"{reference.device}: all tensors must be on one device")
+                             f"{device}: all tensors must be on one device")
 
 
 def positive_int(value, name: str) -> int:

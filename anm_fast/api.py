@@ -89,7 +89,7 @@ def _sample_ids(sample_ids, B: int, device) -> torch.Tensor:
     if sample_ids is None:
         return torch.arange(B, device=device, dtype=torch.int64)
     ids = chk.int_tensor(sample_ids, "sample_ids", "(B,)", (B,))
-    chk.same_device("the batch", torch.empty(0, device=device), sample_ids=ids)
+    chk.same_device("the batch", device, sample_ids=ids)
     return ids.to(torch.int64)
 
 
@@ -101,7 +101,7 @@ def _quality(quality, B: int, device) -> torch.Tensor:
         raise TypeError(f"quality must be a floating tensor of values in [0, 1], got {q.dtype}")
     if tuple(q.shape) != (B,):
         raise ValueError(f"quality must have shape (B,) = ({B},), got {tuple(q.shape)}")
-    chk.same_device("the batch", torch.empty(0, device=device), quality=q)
+    chk.same_device("the batch", device, quality=q)
     return q.detach().to(torch.float32)  # its values are checked by the caller's check_values
 
 
@@ -154,7 +154,7 @@ def _targets(targets, B: int, device, num_classes: Optional[int]):
     range is checked by the caller's check_values, with the other value checks."""
     t = chk.tensor(targets, "targets")
     labels = None
-    chk.same_device("x", torch.empty(0, device=device), targets=t)
+    chk.same_device("x", device, targets=t)
     if not t.dtype.is_floating_point:
         if t.dim() != 1:
             raise ValueError(f"hard-label targets must be (B,) class indices, got shape "
