@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -101,8 +102,53 @@ _CIFAR = {
 
 
 def _unpickle(path):
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways
+        raise ValueError(f"{path}: not a readable CIFAR batch file "
+                         f"({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: a CIFAR batch file holds a dict, got {type(obj).__name__}")
+    return obj
+
+
+def _cifar_batch(path: str, label_key: str):
+    """(images uint8 (n, 3, 32, 32), labels, coarse labels or None) of one batch file, checked:
+    a wrong-sized, non-integer or mislabelled file is an error, never silently cast."""
+    d = _unpickle(path)
+    for k in ("data", label_key):
+        if k not in d:
+            raise ValueError(f"{path}: no {k!r} entry (it holds {sorted(map(str, d))})")
+    try:
+        data = np.asarray(d["data"])
+        labels = np.asarray(d[label_key])
+    except ValueError as e:
+        raise ValueError(f"{path}: 'data' or {label_key!r} is not an array ({e})") from e
+    if data.dtype != np.uint8:
+        if not np.issubdtype(data.dtype, np.integer) or data.size and (
+                data.min() < 0 or data.max() > 255):
+            raise ValueError(f"{path}: 'data' must hold 8-bit pixel values, got dtype "
+                             f"{data.dtype}")
+    if data.ndim not in (2, 4) or data.size % (3 * 32 * 32) or (
+            data.ndim == 2 and data.shape[1] != 3 * 32 * 32):
+        raise ValueError(f"{path}: 'data' must be (n, 3072) or (n, 3, 32, 32), got shape "
+                         f"{data.shape}")
+    if labels.ndim == 1 and labels.size == 0:
+        labels = labels.astype(np.int64)  # an empty list reads as float64
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: {label_key!r} must be a 1-D list of integers, got dtype "
+                         f"{labels.dtype} and shape {labels.shape}")
+    data = data.astype(np.uint8).reshape(-1, 3, 32, 32)
+    if len(data) != len(labels):
+        raise ValueError(f"{path}: {len(data)} images but {len(labels)} labels")
+    coarse = None
+    if "coarse_labels" in d:
+        coarse = np.asarray(d["coarse_labels"])
+        if coarse.shape != labels.shape or not np.issubdtype(coarse.dtype, np.integer):
+            raise ValueError(f"{path}: 'coarse_labels' must match {label_key!r} in length")
+        coarse = coarse.astype(np.int64)
+    return data, labels.astype(np.int64), coarse
 
 
 def _cifar_root(name: str, data_dir: Optional[str]) -> str:
@@ -130,22 +176,26 @@ def load_cifar(name: str, data_dir: Optional[str]) -> DataBundle:
     def read(files):
         xs, ys, coarse = [], [], []
         for f in files:
-            d = _unpickle(os.path.join(root, f))
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[spec["label"]], dtype=np.int64))
-            if "coarse_labels" in d:
-                coarse.append(np.asarray(d["coarse_labels"], dtype=np.int64))
+            x, y, c = _cifar_batch(os.path.join(root, f), spec["label"])
+            xs.append(x)
+            ys.append(y)
+            if c is not None:
+                coarse.append(c)
         return np.concatenate(xs), np.concatenate(ys), (np.concatenate(coarse) if coarse else None)
 
     xtr, ytr, ctr = read(spec["train"])
     xte, yte, _ = read(spec["test"])
     for part, y in (("train", ytr), ("test", yte)):
-        if len(y) and (y.min() < 0 or y.max() >= spec["classes"]):
-            raise ValueError(f"{name} {part} labels outside [0, {spec['classes']})")
+        if len(y) == 0:
+            raise ValueError(f"{name} {part} files in {root!r} hold no images")
+        if y.min() < 0 or y.max() >= spec["classes"]:
+            raise ValueError(f"{name} {part} labels in {root!r} outside [0, {spec['classes']})")
+    if ctr is not None and len(ctr) != len(ytr):
+        raise ValueError(f"{name} in {root!r}: coarse labels in some training files only")
     names = []
     meta_path = os.path.join(root, spec["meta"])
     if os.path.isfile(meta_path):
-        names = list(_unpickle(meta_path).get(spec["names"], []))
+        names = [str(v) for v in _unpickle(meta_path).get(spec["names"], [])]
     coarse_map = None
     if ctr is not None:  # super-class of each fine class, from the data itself
         coarse_map = np.full(spec["classes"], -1, np.int64)
@@ -173,12 +223,24 @@ def _scan(folder: str):
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
+def _read_image(path: str, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
 def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBundle:
     """`data_dir/train/<class>/*.png` and `data_dir/test/<class>/*.png` (torchvision ImageFolder
     layout), resized to image_size and held in memory. The folder name is the clean label of a
     training image; real noisy labels come from a label list (--noise human --noise-file)."""
     from PIL import Image
 
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     if not data_dir or not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--dataset imagefolder needs --data-dir pointing to an existing "
                                 f"folder with train/ and test/ sub-folders, got {data_dir!r}")
@@ -199,8 +261,7 @@ def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBund
         _, files, labels = parts[part]
         if not files:
             raise FileNotFoundError(f"no images in {os.path.join(data_dir, part)}")
-        arr = np.stack([np.asarray(Image.open(os.path.join(data_dir, part, f)).convert("RGB")
-                                   .resize((image_size, image_size), Image.BILINEAR))
+        arr = np.stack([_read_image(os.path.join(data_dir, part, f), image_size)
                         for f in files])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0, labels, files
 
@@ -225,6 +286,11 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, image_size: int =
         bundle = load_image_folder(data_dir, image_size)
     else:
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if train_subset is not None and (isinstance(train_subset, bool) or
+                                     not isinstance(train_subset, (int, np.integer)) or
+                                     train_subset < 1):
+        raise ValueError(f"train_subset must be a positive integer (or unset), got "
+                         f"{train_subset!r}")
     if train_subset:  # quick experiments and tests: the first n training images
         bundle.x_train = bundle.x_train[:train_subset]
         bundle.y_train = bundle.y_train[:train_subset]
@@ -291,6 +357,17 @@ def load_label_file(path: str, key: Optional[str], *, n: int, num_classes: int,
     '<relative image path> <label>' lines (Clothing1M style) for image folders."""
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"noisy label file not found: {path!r}")
+    try:
+        labels = _read_label_file(path, key, train_files, trust)
+    except (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, json.JSONDecodeError,
+            ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(path):
+            raise  # already names the file
+        raise ValueError(f"{path}: not a readable label file ({type(e).__name__}: {e})") from e
+    return _check_labels(labels, path, n, num_classes)
+
+
+def _read_label_file(path, key, train_files, trust):
     ext = os.path.splitext(path)[1].lower()
     if ext in (".pt", ".pth"):
         labels = _pick(_torch_load_labels(path, trust), key, path)
@@ -309,34 +386,59 @@ def load_label_file(path: str, key: Optional[str], *, n: int, num_classes: int,
             if train_files is None:
                 raise ValueError(f"{path} lists '<path> <label>' pairs, which only an image-folder "
                                  f"data set can match")
-            table = {os.path.normpath(p): int(l) for p, l in rows}
+            table = {os.path.normpath(p): _int_label(l, path) for p, l in rows}
             missing = [f for f in train_files if os.path.normpath(f) not in table]
             if missing:
                 raise ValueError(f"{path} has no label for {len(missing)} training images "
                                  f"(e.g. {missing[0]!r})")
             labels = [table[os.path.normpath(f)] for f in train_files]
         elif all(len(r) == 1 for r in rows):
-            labels = [int(r[0]) for r in rows]
+            labels = [_int_label(r[0], path) for r in rows]
         else:
             raise ValueError(f"{path}: each line must be '<label>' or '<path> <label>'")
+    return labels
+
+
+def _int_label(token: str, path: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise ValueError(f"{path}: {token!r} is not an integer label") from None
+
+
+def _check_labels(labels, path: str, n: int, num_classes: int) -> np.ndarray:
     if isinstance(labels, torch.Tensor):
-        labels = labels.numpy()
-    labels = np.asarray(labels)
+        labels = labels.detach().cpu().numpy()
+    try:
+        labels = np.asarray(labels)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{path}: expected a 1-D list of integer labels ({e})") from None
+    if labels.ndim == 1 and labels.size == 0:
+        labels = labels.astype(np.int64)  # an empty list reads as float64
+    if labels.ndim == 1 and np.issubdtype(labels.dtype, np.floating) and \
+            not np.isfinite(labels).all():
+        raise ValueError(f"{path}: {int((~np.isfinite(labels)).sum())} labels are NaN or "
+                         f"infinite")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         if labels.ndim == 1 and np.issubdtype(labels.dtype, np.floating) and \
                 np.all(labels == np.round(labels)):
+            # range first: a cast of 1e30 to int64 is undefined, not an error
+            _check_range(labels, path, num_classes)
             labels = labels.astype(np.int64)
         else:
             raise ValueError(f"{path}: expected a 1-D list of integer labels, got dtype "
                              f"{labels.dtype} and shape {labels.shape}")
-    labels = labels.astype(np.int64)
     if len(labels) != n:
         raise ValueError(f"{path} has {len(labels)} labels but the training set has {n} images")
+    _check_range(labels, path, num_classes)  # before the cast: uint64 2**63 would wrap
+    return labels.astype(np.int64)
+
+
+def _check_range(labels: np.ndarray, path: str, num_classes: int) -> None:
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         raise ValueError(f"{path} has {int(bad.sum())} labels outside [0, {num_classes}) "
-                         f"(e.g. {int(labels[bad][0])} at index {int(np.flatnonzero(bad)[0])})")
-    return labels
+                         f"(e.g. {labels[bad][0]} at index {int(np.flatnonzero(bad)[0])})")
 
 
 # -------------------------------------------------------------------------------- augmentation
