@@ -3,7 +3,7 @@
 One process per GPU (NCCL) or per CPU worker (gloo). Outside torchrun (WORLD_SIZE unset or 1)
 every function here is a no-op and the trainer behaves exactly as a single process always did.
 
-What each rank does (docs/DISTRIBUTED.md has the user-facing version):
+What each rank does (the README section on torchrun has the user-facing version):
 - Shuffling: every rank draws the same global permutation of *sample indices* from the method's
   shared generator and takes its slice of each global batch (`shard`), so a sample's id, and hence
   its ANM mask (keyed by seed and sample id), does not depend on which rank sees it. The
