@@ -9,6 +9,7 @@ Whether CUDA is built never depends on a GPU being visible, only on the toolkit 
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -46,6 +47,12 @@ def extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     cxx = ["-O3", "-ffp-contract=off"]  # the C++ standard is the one torch asks for
+    link = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is a header template: without -fopenmp its `#pragma omp parallel` is
+        # dropped and every CPU kernel runs on one thread. libgomp.so.1 is the one torch loads.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     define_macros = []
     use_cuda = (not _flag("ANM_FAST_SKIP_CUDA")) and bool(cuda_sources) and _cuda_home() is not None
     use_cuda = use_cuda and torch.version.cuda is not None
@@ -59,12 +66,12 @@ def extensions():
               f"archs={os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPU')})")
         return [cpp_extension.CUDAExtension(
             "anm_fast._C", sources + cuda_sources, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx,
+            extra_link_args=link, extra_compile_args={"cxx": cxx,
                                 "nvcc": ["-O3", "--fmad=false", "-lineinfo"]},
         )]
     print("anm_fast: building CPU kernels only (no CUDA toolkit found or ANM_FAST_SKIP_CUDA=1)")
     return [cpp_extension.CppExtension("anm_fast._C", sources, define_macros=define_macros,
-                                       extra_compile_args={"cxx": cxx})]
+                                       extra_link_args=link, extra_compile_args={"cxx": cxx})]
 
 
 _default_jobs()
