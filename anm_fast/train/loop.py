@@ -216,6 +216,7 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
 def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: str, n: int = 8):
     """Energy maps and erased boxes of the first noisy and clean training images."""
     from ..api import anm_mask
+    from .methods.anm_parts import feature_map
     from .presets import anm_config
 
     net = method.nets()[0]
@@ -223,23 +224,10 @@ def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: 
     clean_idx = np.flatnonzero(labels.noisy == data.y_train)[: n - len(noisy_idx)]
     idx = torch.as_tensor(np.concatenate([noisy_idx, clean_idx]), dtype=torch.int64)
     x = data.x_train[idx].to(method.ctx.device).float()
-    feats = {}
-
-    def hook(module, inputs, output):  # must return None, or it would replace the output
-        feats["f"] = output.detach().float()
-
-    handle = net.get_submodule(net.anm_feature_layer).register_forward_hook(hook)
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        handle.remove()
-        net.train(was)
+    fmap = feature_map(net, x).float()
     qb = torch.as_tensor(q[idx.numpy()], dtype=torch.float32, device=x.device).clamp(0, 1)
     labels_t = torch.as_tensor(labels.noisy[idx.numpy()], device=x.device)
-    mb = anm_mask(x.contiguous(), feats["f"].contiguous(), labels_t, qb,
+    mb = anm_mask(x.contiguous(), fmap.contiguous(), labels_t, qb,
                   config=anm_config(method.hp), seed=0, num_classes=data.num_classes)
     import torch.nn.functional as F
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 
 
-def feature_shape(net, x: torch.Tensor):
-    """(K, h, w) of the model's ANM feature layer for images like `x`, by one eval forward."""
+def feature_map(net, x: torch.Tensor) -> torch.Tensor:
+    """The output of the model's ANM feature layer for `x`, by one eval-mode, no-grad forward
+    (the model's train/eval mode is restored afterwards)."""
     layer = net.get_submodule(net.anm_feature_layer)
     seen = {}
     def hook(module, inputs, output):  # returns None: a hook's return value replaces the output
-        seen["shape"] = tuple(output.shape)
+        seen["f"] = output.detach()
 
     handle = layer.register_forward_hook(hook)
     was = net.training
@@ -20,7 +21,12 @@ def feature_shape(net, x: torch.Tensor):
     finally:
         handle.remove()
         net.train(was)
-    return seen["shape"][1:]
+    return seen["f"]
+
+
+def feature_shape(net, x: torch.Tensor):
+    """(K, h, w) of the model's ANM feature layer for images like `x`."""
+    return tuple(feature_map(net, x).shape[1:])
 
 
 def make_decoder(method, net) -> torch.nn.Module:
