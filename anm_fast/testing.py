@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from .config import ANMConfig
 
 # Per-dtype tolerances for float outputs compared to the reference (rtol, atol).
 TOLERANCES = {
@@ -78,3 +79,24 @@ def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "transposed":  # H and W swapped in storage
         return t.transpose(2, 3).contiguous().transpose(2, 3)
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def sample_boxes_args(B, H, W, C, device="cpu", seed=7, anchor=True, uniform=True, config=None,
+                      ids=None, fill_value=None):
+    """Positional arguments of torch.ops.anm_fast.sample_boxes for random peaks: a quarter of the
+    samples with quality 0, a quarter with 1, the rest random; ids that are not 0..B-1; constant
+    fills `fill_value` (default: -1..1 over the channels) used when `uniform` is False."""
+    cfg = config or ANMConfig()
+    pmax = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
+    pmin = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
+    q = torch.rand(B)
+    q[: B // 4] = 0.0
+    q[B // 4: B // 2] = 1.0
+    ids = torch.arange(B) * 3 + 11 if ids is None else ids
+    if fill_value is None:
+        fill = torch.linspace(-1.0, 1.0, C)
+    else:
+        fill = torch.full((C,), float(fill_value))
+    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in (
+        pmax, pmin, q, ids, torch.tensor(seed), H, W, C, cfg.area_lo, cfg.area_hi,
+        cfg.quality_gain, cfg.aspect_lo, cfg.area_scale, anchor, uniform, fill))

@@ -36,6 +36,19 @@ def _select(impl, device):
         use_backend(device, "auto")
 
 
+def _run(benchmark, fn, impl, device):
+    """Time fn; a compiled function is called once first so compilation is not timed."""
+    try:
+        if impl == "compile":
+            fn()
+            benchmark.pedantic(fn, rounds=rounds(20), warmup_rounds=2)
+        else:
+            benchmark(fn)
+    finally:
+        if device == "cuda":
+            anm_fast.set_backend("auto")
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape", shape_params())
 @pytest.mark.parametrize("device,dtype_name", device_dtype_params())
@@ -57,15 +70,7 @@ def test_erase_fwd(benchmark, device, dtype_name, shape, impl):
     fn = sync_wrap(f, device)
     record(benchmark, op="erase_fwd", impl=impl, dtype=dtype_name, device=device,
            bytes=3 * x_bytes(shape, dtype) + 2 * inp.targets.numel() * 4, **shape.info())
-    try:
-        if impl == "compile":
-            fn()
-            benchmark.pedantic(fn, rounds=rounds(20), warmup_rounds=2)
-        else:
-            benchmark(fn)
-    finally:
-        if device == "cuda":
-            anm_fast.set_backend("auto")
+    _run(benchmark, fn, impl, device)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -91,12 +96,4 @@ def test_erase_bwd(benchmark, device, dtype_name, shape, impl):
     fn = sync_wrap(f, device)
     record(benchmark, op="erase_bwd", impl=impl, dtype=dtype_name, device=device,
            bytes=3 * x_bytes(shape, dtype) + 3 * inp.targets.numel() * 4, **shape.info())
-    try:
-        if impl == "compile":
-            fn()
-            benchmark.pedantic(fn, rounds=rounds(20), warmup_rounds=2)
-        else:
-            benchmark(fn)
-    finally:
-        if device == "cuda":
-            anm_fast.set_backend("auto")
+    _run(benchmark, fn, impl, device)

@@ -8,7 +8,7 @@ import torch
 
 import anm_fast
 from anm_fast import reference as R
-from anm_fast.testing import TOLERANCES, assert_peaks_match, relayout
+from anm_fast.testing import TOLERANCES, assert_peaks_match, relayout, sample_boxes_args
 
 ops = torch.ops.anm_fast
 pytestmark = pytest.mark.skipif(not anm_fast.has_extension(),
@@ -77,17 +77,8 @@ def test_energy_of_zero_map_is_zero_not_nan():
 
 
 # ---------------------------------------------------------------------------------- sample_boxes
-def sample_args(B, H, W, C, seed=7, anchor=True, uniform=True, config=None, ids=None):
-    cfg = config or anm_fast.ANMConfig()
-    pmax = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
-    pmin = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
-    q = torch.rand(B)
-    q[: B // 4] = 0.0
-    q[B // 4: B // 2] = 1.0
-    ids = torch.arange(B) * 3 + 11 if ids is None else ids
-    return (pmax, pmin, q, ids, torch.tensor(seed), H, W, C, cfg.area_lo, cfg.area_hi,
-            cfg.quality_gain, cfg.aspect_lo, cfg.area_scale, anchor, uniform,
-            torch.full((C,), 0.25))
+def sample_args(B, H, W, C, **kwargs):
+    return sample_boxes_args(B, H, W, C, fill_value=0.25, **kwargs)
 
 
 @pytest.mark.parametrize("B,H,W,C", [(1, 32, 32, 3), (257, 32, 32, 3), (64, 5, 7, 1),

@@ -16,7 +16,8 @@ pytest.importorskip("triton")
 import anm_fast  # noqa: E402
 from anm_fast import kernels as K  # noqa: E402
 from anm_fast import reference as R  # noqa: E402
-from anm_fast.testing import TOLERANCES, assert_peaks_match, relayout  # noqa: E402
+from anm_fast.testing import (TOLERANCES, assert_peaks_match, relayout,  # noqa: E402
+                              sample_boxes_args)
 
 pytestmark = pytest.mark.triton
 
@@ -96,18 +97,7 @@ def test_activation_peaks_ties_and_zero_map(device):
 
 
 # ---------------------------------------------------------------------------------- sample_boxes
-def sample_args(B, H, W, C, device, seed=7, anchor=True, uniform=True, config=None, ids=None):
-    cfg = config or anm_fast.ANMConfig()
-    pmax = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
-    pmin = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
-    q = torch.rand(B)
-    q[: B // 4] = 0.0
-    q[B // 4: B // 2] = 1.0
-    ids = torch.arange(B) * 3 + 11 if ids is None else ids
-    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in (
-        pmax, pmin, q, ids, torch.tensor(seed), H, W, C, cfg.area_lo, cfg.area_hi,
-        cfg.quality_gain, cfg.aspect_lo, cfg.area_scale, anchor, uniform,
-        torch.linspace(-1.0, 1.0, C)))
+sample_args = sample_boxes_args
 
 
 def assert_boxes_equal(got, want):
