@@ -7,8 +7,9 @@ What each rank does (the README section on torchrun has the user-facing version)
 - Shuffling: every rank draws the same global permutation of *sample indices* from the method's
   shared generator and takes its slice of each global batch (`shard`), so a sample's id, and hence
   its ANM mask (keyed by seed and sample id), does not depend on which rank sees it. The
-  per-step ANM seed comes from the same shared stream; augmentation randomness comes from a
-  per-rank generator (`local_generator`).
+  per-step ANM seed comes from the same shared stream; augmentation draws are counter-based,
+  keyed by (seed, epoch, sample id) (`data.augment_keyed`), so a sample's crop and flip do not
+  depend on the rank either; MixUp pairings come from a per-rank generator (`local_generator`).
 - Gradients: averaged over ranks by an optimiser step pre-hook (`average_gradients_on_step`)
   rather than a DistributedDataParallel wrapper: masked_forward runs the network twice per step
   (clean and erased images) and DivideMix runs it up to six times, which breaks DDP's
@@ -115,7 +116,7 @@ def shard(batch: torch.Tensor) -> torch.Tensor:
 
 
 def local_generator(seed: int, epoch: int) -> torch.Generator:
-    """Per-rank generator for augmentation and MixUp pairings, re-derived every epoch from (seed,
+    """Per-rank generator for MixUp pairings, re-derived every epoch from (seed,
     epoch, rank) so that a resume, on any number of processes, is well defined."""
     return torch.Generator().manual_seed((seed * 1000003 + epoch * 7919 + rank() * 104729 + 29)
                                          % (2 ** 63))

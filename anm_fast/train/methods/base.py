@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from .. import preempt
-from ..data import DataBundle, augment
+from ..data import DataBundle, augment_keyed
 
 
 @dataclass
@@ -45,14 +45,20 @@ class Method:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.hp = ctx.hp
-        # All randomness of the loop comes from these generators (shuffles, augmentations, MixUp
-        # coefficients, ANM seeds), so a checkpoint of their states gives an exact resume.
+        # All randomness of the loop comes from these generators (shuffles, MixUp coefficients,
+        # ANM seeds) and from counter-based draws keyed by (seed, epoch, sample id) (augmentation),
+        # so a checkpoint of the generators' states gives an exact resume.
         self.gen = torch.Generator().manual_seed(ctx.seed * 1000003 + 17)
         self.np_rng = np.random.Generator(np.random.PCG64(ctx.seed + 12345))
-        # Draws whose count depends on the local batch size (augmentation, MixUp pairings). One
-        # process: the same generator, so nothing changes. Under torch.distributed: a per-rank
-        # generator, because `gen` must stay identical on every rank to shard one global shuffle.
+        # Draws whose count depends on the local batch size (MixUp pairings). One process: the
+        # same generator, so nothing changes. Under torch.distributed: a per-rank generator,
+        # because `gen` must stay identical on every rank to shard one global shuffle.
         self.local_gen = self.gen
+        # Augmentation is counter-based (data.augment_keyed): a sample's crop and flip depend on
+        # (seed, epoch, n-th augmenting call of the epoch, sample id), not on the rank or batch
+        # position. Every rank makes the same calls per step, so the call count agrees.
+        self._aug_epoch = 0
+        self._aug_calls = 0
         self.quality: Optional[torch.Tensor] = None   # latest label quality of the train set
 
     # -------------------------------------------------------------------------- building blocks
@@ -115,7 +121,9 @@ class Method:
     def images(self, idx: torch.Tensor, aug: bool = True) -> torch.Tensor:
         x = self.ctx.data.x_train[idx].to(self.ctx.device, non_blocking=True)
         if aug:
-            x = augment(x, self.local_gen, self.ctx.data.pad, self.ctx.data.flip)
+            x = augment_keyed(x, idx, self.ctx.seed, self._aug_epoch, self._aug_calls,
+                              self.ctx.data.pad, self.ctx.data.flip)
+            self._aug_calls += 1
         if self.ctx.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -194,6 +202,7 @@ class Method:
         return self.clean_posterior(self.nets()[0])
 
     def begin_epoch(self, epoch: int) -> None:
+        self._aug_epoch, self._aug_calls = int(epoch), 0
         if dist.world() > 1:
             self.local_gen = dist.local_generator(self.ctx.seed, epoch)
 
