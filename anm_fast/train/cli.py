@@ -33,10 +33,11 @@ HP_FLAGS = {
     "anm_area_hi": float, "anm_area_scale": float, "anm_quality_gain": float,
     "anm_label_gain": float, "image_size": int, "train_subset": int, "pretrained": str, "threads": int,
 }
-# boolean hyper-parameter flags (store_true)
+# boolean hyper-parameter flags (--name / --no-name)
 HP_SWITCHES = {"compile": "torch.compile the networks (GPU)",
-               "sync_bn": "under torchrun on GPUs: SyncBatchNorm (batch statistics over the "
-                          "global batch) instead of per-rank statistics"}
+               "sync_bn": "under torchrun: BatchNorm batch statistics over the global batch "
+                          "(SyncBatchNorm on GPUs, GlobalBatchNorm on CPU) [default: on]; "
+                          "--no-sync-bn: per-process statistics"}
 SETTING_KEYS = ("dataset", "data_dir", "noise", "noise_file", "noise_rate", "method", "compare",
                 "seed", "seeds", "device", "out", "epochs", "batch_size", "trust_noise_file")
 
@@ -78,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other hyper-parameter (JSON value), e.g. --set prior_penalty=false")
     for name, text in HP_SWITCHES.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true",
-                       default=None, help=text)
+        g.add_argument("--" + name.replace("_", "-"), dest=name,
+                       action=argparse.BooleanOptionalAction, default=None, help=text)
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bar / epoch lines")
     o.add_argument("--no-plots", action="store_true", help="skip PNG plots")
@@ -123,8 +124,8 @@ def settings_from(args: argparse.Namespace) -> (Settings, Optional[str], Dict):
         if k in flags:
             hp[k] = flags[k]
     for name in HP_SWITCHES:
-        if pick(name):
-            hp[name] = True
+        if pick(name) is not None:
+            hp[name] = bool(pick(name))
     for kv in args.set:
         k, sep, v = kv.partition("=")
         if not sep:

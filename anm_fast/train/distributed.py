@@ -15,10 +15,14 @@ What each rank does (the README section on torchrun has the user-facing version)
   (clean and erased images) and DivideMix runs it up to six times, which breaks DDP's
   one-forward-one-backward contract; averaging after backward is the same arithmetic without
   DDP's communication overlap. Checkpoints therefore always hold the plain, unwrapped model.
-- BatchNorm: by default each rank normalises with its own batch statistics (as DDP does) and the
-  running statistics are averaged over ranks at the end of every epoch (`average_bn_buffers`),
-  so evaluation and the label-quality pass see the same model on every rank. `sync_bn=True`
-  converts to SyncBatchNorm (GPU only) for batch statistics over the global batch.
+- BatchNorm: by default (`sync_bn=True`) batch statistics cover the global batch (SyncBatchNorm on
+  GPUs, `global_bn.GlobalBatchNorm` on CPU), so a step normalises exactly the samples a single
+  process with the same global batch would. With `sync_bn=False` each rank normalises its own
+  slice (as DDP does). Either way the running statistics are averaged over ranks at the end of
+  every epoch (`average_bn_buffers`), so evaluation and the label-quality pass see the same model
+  on every rank.
+- Batch-level terms of a loss (ANM's prior penalty on the mean prediction) use `global_mean`,
+  the mean over the global batch, for the same reason.
 - Label quality: each rank computes per-sample losses on its share of the training set and
   `gather_by_index` reassembles the full vector on every rank before the GMM, so every rank ends
   with the same quality vector.
@@ -195,9 +199,27 @@ def average_bn_buffers(nets: List[torch.nn.Module]) -> None:
 
 
 def convert_sync_bn(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """BatchNorm with batch statistics over the global batch: PyTorch's SyncBatchNorm on GPUs,
+    `global_bn.GlobalBatchNorm` elsewhere (SyncBatchNorm refuses CPU tensors). No-op when not
+    distributed."""
     if world() == 1:
         return net
-    if device.type != "cuda":
-        raise ValueError("sync_bn: SyncBatchNorm needs GPUs (NCCL); on CPU each rank keeps its "
-                         "own batch statistics and the running ones are averaged every epoch")
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    from .global_bn import convert
+
+    return convert(net)
+
+
+def global_mean(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Mean of `x` over `dim` across the samples of every rank, differentiable (the backward
+    all-reduces the gradient): the single-process batch mean of the global batch. Plain
+    `x.mean(dim)` when not distributed."""
+    if world() == 1:
+        return x.mean(dim)
+    from .global_bn import all_reduce_sum
+
+    local = torch.cat([x.sum(dim).reshape(-1),
+                       torch.full((1,), x.shape[dim], dtype=x.dtype, device=x.device)])
+    total = all_reduce_sum(local)
+    return (total[:-1] / total[-1].detach()).reshape(x.sum(dim).shape)

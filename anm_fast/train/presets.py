@@ -25,7 +25,7 @@ COMMON: Dict[str, Any] = dict(
     # label quality: average the last 5 epochs of losses at very high noise (spec stage 5)
     loss_history=False,
     compile=False, threads=None, image_size=32, train_subset=None, pretrained=None,
-    sync_bn=False,               # torchrun on GPUs: SyncBatchNorm (distributed.py)
+    sync_bn=True,                # torchrun: BatchNorm over the global batch (distributed.py)
 )
 
 DATASET: Dict[str, Dict[str, Any]] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed as dist
 from .anm_parts import make_decoder, masked
 from .base import Method, sharpen
 
@@ -66,12 +67,15 @@ class ANM(Method):
             t = q[:, None] * y + (1 - q[:, None]) * sharpen(p, hp["T"])
             res = masked(self, self.net, self.decoder, x, t, q, idx)
             loss = res.loss.float()
+            objective = loss * self.slice_weight  # (see Method.batches)
             if hp.get("prior_penalty", True):
                 prior = torch.full((N,), 1.0 / N, device=loss.device)
-                pred_mean = res.logits.float().softmax(1).mean(0)
-                loss = loss + (prior * (prior / pred_mean).log()).sum()
+                # over the global batch under torchrun: the penalty is not linear in the mean
+                pred_mean = dist.global_mean(res.logits.float().softmax(1))
+                penalty = (prior * (prior / pred_mean).log()).sum()
+                loss, objective = loss + penalty, objective + penalty
             self.opts[0].zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             self.opts[0].step()
             sums["loss"] += float(loss.detach())
             sums["clean"] += float(res.loss_clean.detach())

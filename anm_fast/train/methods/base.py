@@ -54,6 +54,7 @@ class Method:
         # same generator, so nothing changes. Under torch.distributed: a per-rank generator,
         # because `gen` must stay identical on every rank to shard one global shuffle.
         self.local_gen = self.gen
+        self.slice_weight = 1.0  # set per step by batches()
         # Augmentation is counter-based (data.augment_keyed): a sample's crop and flip depend on
         # (seed, epoch, n-th augmenting call of the epoch, sample id), not on the rank or batch
         # position. Every rank makes the same calls per step, so the call count agrees.
@@ -116,7 +117,12 @@ class Method:
             batch = perm[i:i + batch_size]
             if len(batch) < w:  # a tail too short to give every rank a sample: skipped by all
                 continue
-            yield dist.shard(batch)
+            local = dist.shard(batch)
+            # Weight of this rank's per-sample-mean losses: ranks average their gradients, so a
+            # slice smaller than len(batch) / world would otherwise weigh its samples more than
+            # one process does (an uneven tail batch). 1.0 in one process and on even slices.
+            self.slice_weight = w * len(local) / len(batch)
+            yield local
 
     def images(self, idx: torch.Tensor, aug: bool = True) -> torch.Tensor:
         x = self.ctx.data.x_train[idx].to(self.ctx.device, non_blocking=True)
@@ -172,7 +178,7 @@ class Method:
             p = logits.float().softmax(1)
             loss = loss + (p * p.clamp_min(1e-12).log()).sum(1).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.slice_weight).backward()  # (see batches)
         opt.step()
         return float(loss.detach())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as dist
 from .base import Method, linear_rampup, sharpen
 from .anm_parts import make_decoder, masked_step_inputs
 
@@ -164,7 +165,7 @@ class DivideMix(Method):
             loss = lx + lamb * lu
             if hp.get("prior_penalty", True):
                 prior = torch.full((N,), 1.0 / N, device=logits.device)
-                pred_mean = logits.softmax(1).mean(0)
+                pred_mean = dist.global_mean(logits.softmax(1))  # global batch under torchrun
                 loss = loss + (prior * (prior / pred_mean).log()).sum()
             if recon is not None:
                 loss = loss + hp["recon_weight"] * recon
