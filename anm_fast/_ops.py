@@ -14,8 +14,19 @@ from . import _ext, backend, reference
 OP_NAMES = ("activation_peaks", "sample_boxes", "erase_and_modulate",
             "erase_and_modulate_backward")
 
+# The fused stages 1-3 op: C++ CPU kernel only (csrc/cpu/anm_mask_cpu.cpp). anm_fast.anm_mask
+# calls it for CPU batches that need no gradient and composes the three ops otherwise.
+FUSED_CPU_OPS = ("anm_mask",)
+
 # Kept identical to csrc/ops.cpp (a test compares them when the extension is loaded).
 SCHEMAS = {
+    "anm_mask": "(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor sample_ids, "
+                "Tensor seed, float band, float area_lo, float area_hi, float quality_gain, "
+                "float aspect_lo, float area_scale, bool center_anchor, bool uniform_fill, "
+                "Tensor fill_value, float label_gain, bool check_values) -> "
+                "(Tensor erased, Tensor targets_out, Tensor box_max, Tensor box_min, "
+                "Tensor ratio, Tensor fill_max, Tensor fill_min, Tensor peak_max, "
+                "Tensor peak_min, Tensor energy)",
     "activation_peaks": "(Tensor fmap, int height, int width, float band) -> "
                         "(Tensor peak_max, Tensor peak_min, Tensor energy)",
     "sample_boxes": "(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
@@ -81,6 +92,21 @@ def _erase_and_modulate_backward_fake(grad_erased, grad_targets, targets, box_ma
     grad_x = torch.empty((twoB // 2, C, H, W), dtype=grad_erased.dtype, device=grad_erased.device,
                          memory_format=reference.erased_memory_format(grad_erased))
     return grad_x, torch.empty(targets.shape, dtype=grad_targets.dtype, device=grad_targets.device)
+
+
+if _ext.has_extension():
+    @torch.library.register_fake("anm_fast::anm_mask")
+    def _anm_mask_fake(x, fmap, targets, quality, sample_ids, seed, band, area_lo, area_hi,
+                       quality_gain, aspect_lo, area_scale, center_anchor, uniform_fill,
+                       fill_value, label_gain, check_values):
+        B, C, _, _ = x.shape
+        erased, targets_out = _erase_and_modulate_fake(x, targets, None, None, None, None, None,
+                                                       label_gain)
+        boxes = _sample_boxes_fake(x.new_empty((B, 2), dtype=torch.int64), None, quality,
+                                   sample_ids, seed, 0, 0, C, area_lo, area_hi, quality_gain,
+                                   aspect_lo, area_scale, center_anchor, uniform_fill, fill_value)
+        peaks = _activation_peaks_fake(fmap, 0, 0, band)
+        return (erased, targets_out, *boxes, *peaks)
 
 
 # ---------------------------------------------------------------------------------------- autograd

@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _checks as chk
+from . import _ext
 from ._ops import ops
 from .config import ANMConfig
 
@@ -205,6 +206,14 @@ def erase_and_modulate(x: torch.Tensor, targets: torch.Tensor, box_max: torch.Te
                                           r.detach(), float(label_gain)))
 
 
+def _use_fused_cpu_op(x: torch.Tensor, targets: torch.Tensor) -> bool:
+    """The fused op has a C++ CPU kernel and no autograd: CPU batches whose images and targets
+    need no gradient (the training-loop case: both come from the data and a no-grad guess)."""
+    if x.device.type != "cpu" or not _ext.has_extension():
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or targets.requires_grad))
+
+
 def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality, *,
              config: Optional[ANMConfig] = None, seed=None,
              sample_ids: Optional[torch.Tensor] = None,
@@ -224,7 +233,20 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
     q = _quality(quality, B, x.device)
     ids = _sample_ids(sample_ids, B, x.device)
     seed_t = _seed_tensor(seed, x.device)
-    # The three ops directly: arguments are checked once here, and every value check of the call
+    if _use_fused_cpu_op(x, t):
+        # One pass over the batch (csrc/cpu/anm_mask_cpu.cpp): the same results as the three
+        # ops below, with the quality and energy checks made inside the kernel.
+        if labels is not None:
+            chk.check_values(labels=labels, num_classes=n)
+        uniform, values = config.fill_values(C)
+        out = ops.anm_mask(x, fmap.detach(), t, q, ids, seed_t, float(config.band),
+                           float(config.area_lo), float(config.area_hi),
+                           float(config.quality_gain), float(config.aspect_lo),
+                           float(config.area_scale), config.anchor == "center", uniform,
+                           torch.tensor(values, dtype=torch.float32), float(config.label_gain),
+                           chk.value_checks_active())
+        return MaskBatch(*out, seed_t)
+    # Otherwise the three ops: arguments are checked once here, and every value check of the call
     # (labels, quality, finite energy) costs one host read together. The peaks come from our own
     # op, so they need no range check.
     peak_max, peak_min, energy = ops.activation_peaks(fmap.detach(), H, W, float(config.band))

@@ -6,49 +6,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 
-#include "../anm_common.h"
 #include "../op_checks.h"
+#include "erase_per_sample.h"
 
 namespace anm_fast {
 namespace {
-
-struct Box {
-  int64_t y0, x0, y1, x1;
-};
-
-inline Box read_box(const int64_t* boxes, int64_t b) {
-  const int64_t* p = boxes + 4 * b;
-  return Box{p[0], p[1], p[0] + p[2], p[1] + p[3]};
-}
-
-// Copy one H x W plane (source strides sH, sW) into a contiguous-row destination (row stride dH),
-// then fill the box's rectangle with f.
-template <typename scalar_t>
-inline void copy_plane_and_fill(const scalar_t* __restrict__ src, int64_t sH, int64_t sW,
-                                scalar_t* __restrict__ dst, int64_t dH, int64_t H, int64_t W,
-                                const Box& box, scalar_t f) {
-  if (sW == 1 && sH == W && dH == W) {
-    std::memcpy(dst, src, sizeof(scalar_t) * H * W);
-  } else {
-    for (int64_t y = 0; y < H; ++y) {
-      const scalar_t* s = src + y * sH;
-      scalar_t* d = dst + y * dH;
-      if (sW == 1) {
-        std::memcpy(d, s, sizeof(scalar_t) * W);
-      } else {
-        for (int64_t j = 0; j < W; ++j) d[j] = s[j * sW];
-      }
-    }
-  }
-  const int64_t y0 = std::max<int64_t>(box.y0, 0), y1 = std::min<int64_t>(box.y1, H);
-  const int64_t x0 = std::max<int64_t>(box.x0, 0), x1 = std::min<int64_t>(box.x1, W);
-  for (int64_t y = y0; y < y1; ++y) {
-    scalar_t* d = dst + y * dH;
-    for (int64_t j = x0; j < x1; ++j) d[j] = f;
-  }
-}
 
 // out[n] for n < B uses box_max, n >= B uses box_min; pixels inside get the fill value.
 // One pass over x: each source plane (or, channels_last, each source row) is read once and
@@ -71,9 +34,9 @@ void erase_kernel(const at::Tensor& x, const int64_t* boxes, const float* fills,
         const scalar_t* src = xp + b * sB + c * sC;
         for (int which = 0; which < 2; ++which) {
           const int64_t n = b + which * B;
-          copy_plane_and_fill<scalar_t>(src, sH, sW, op + n * oN + c * oC, oH, H, W,
-                                        read_box(boxes, n),
-                                        static_cast<scalar_t>(fills[n * C + c]));
+          cpu::copy_plane_and_fill<scalar_t>(src, sH, sW, op + n * oN + c * oC, oH, H, W,
+                                             cpu::read_box(boxes, n),
+                                             static_cast<scalar_t>(fills[n * C + c]));
         }
       }
     });
@@ -82,24 +45,11 @@ void erase_kernel(const at::Tensor& x, const int64_t* boxes, const float* fills,
     at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t y = row % H, b = row / H;
-        const scalar_t* src = xp + b * sB + y * sH;
-        const bool dense = sC == 1 && sW == C && oC == 1 && oW == C;
         for (int which = 0; which < 2; ++which) {
           const int64_t n = b + which * B;
-          const Box box = read_box(boxes, n);
-          scalar_t* dst = op + n * oN + y * oH;
-          if (dense) {
-            std::memcpy(dst, src, sizeof(scalar_t) * W * C);
-          } else {
-            for (int64_t j = 0; j < W; ++j)
-              for (int64_t c = 0; c < C; ++c) dst[j * oW + c * oC] = src[j * sW + c * sC];
-          }
-          if (y >= box.y0 && y < box.y1) {
-            const int64_t j0 = std::max<int64_t>(box.x0, 0), j1 = std::min<int64_t>(box.x1, W);
-            for (int64_t j = j0; j < j1; ++j)
-              for (int64_t c = 0; c < C; ++c)
-                dst[j * oW + c * oC] = static_cast<scalar_t>(fills[n * C + c]);
-          }
+          cpu::copy_row_and_fill<scalar_t>(xp + b * sB + y * sH, sW, sC, op + n * oN + y * oH,
+                                           oW, oC, y, W, C, cpu::read_box(boxes, n),
+                                           fills + n * C);
         }
       }
     });
@@ -108,28 +58,12 @@ void erase_kernel(const at::Tensor& x, const int64_t* boxes, const float* fills,
 
 template <typename scalar_t>
 void modulate_kernel(const at::Tensor& t, const float* ratio, double label_gain, at::Tensor& out) {
-  using opmath_t = typename std::conditional<std::is_same<scalar_t, double>::value, double,
-                                             float>::type;
   const int64_t B = t.size(0), N = t.size(1), s0 = t.stride(0), s1 = t.stride(1);
   const scalar_t* tp = t.const_data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
   at::parallel_for(0, B, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const scalar_t* row = tp + b * s0;
-      int64_t k = 0;
-      opmath_t best = static_cast<opmath_t>(row[0]);
-      for (int64_t c = 1; c < N; ++c) {
-        const opmath_t v = static_cast<opmath_t>(row[c * s1]);
-        if (v > best) { best = v; k = c; }  // first occurrence on ties
-      }
-      bool clamped;
-      const opmath_t d = label_shift<opmath_t>(best, ratio[b], label_gain, &clamped);
-      const opmath_t share = d / static_cast<opmath_t>(N - 1);
-      for (int64_t c = 0; c < N; ++c) {
-        const opmath_t v = static_cast<opmath_t>(row[c * s1]);
-        op[b * N + c] = static_cast<scalar_t>(c == k ? v - d : v + share);
-      }
-    }
+    for (int64_t b = begin; b < end; ++b)
+      cpu::modulate_row<scalar_t>(tp + b * s0, s1, N, ratio[b], label_gain, op + b * N);
   });
 }
 
@@ -173,7 +107,7 @@ void erase_backward_kernel(const at::Tensor& g, const int64_t* boxes, at::Tensor
   at::parallel_for(0, B * C * H, grain, [&](int64_t begin, int64_t end) {
     int64_t y = begin % H, c = (begin / H) % C, b = begin / (H * C);
     for (int64_t row = begin; row < end; ++row) {
-      const Box bm = read_box(boxes, b), bn = read_box(boxes, B + b);
+      const cpu::Box bm = cpu::read_box(boxes, b), bn = cpu::read_box(boxes, B + b);
       const scalar_t* __restrict__ g0 = gp + b * gN + c * gC + y * gH;
       const scalar_t* __restrict__ g1 = g0 + B * gN;
       scalar_t* __restrict__ dst = op + b * oB + c * oC + y * oH;

@@ -1,13 +1,11 @@
-// Stage 2 on the CPU: each sample's box shape, placement and fills from its own Philox stream.
-// All per-sample math lives in anm_common.h so the CUDA kernels compute the same bits.
+// Stage 2 on the CPU: each sample's box shape, placement and fills from its own Philox stream
+// (boxes_per_sample.h; the math itself is in anm_common.h, shared with the CUDA kernels).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-
-#include "../anm_common.h"
 #include "../op_checks.h"
+#include "boxes_per_sample.h"
 
 namespace anm_fast {
 namespace {
@@ -50,33 +48,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
 
   at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const BoxShape shape = box_shape(seed_v, id[b], q[b], H, W, params);
-      r[b] = static_cast<float>(shape.ratio);
-      int64_t* out[2] = {bmax + 4 * b, bmin + 4 * b};
-      const int64_t* peak[2] = {pmax + 2 * b, pmin + 2 * b};
-      for (int which = 0; which < 2; ++which) {
-        place_box(peak[which][0], peak[which][1], shape.bh, shape.bw, H, W, center_anchor,
-                  &out[which][0], &out[which][1]);
-        out[which][2] = shape.bh;
-        out[which][3] = shape.bw;
-      }
-      if (uniform_fill) {
-        // Draw j of 0..2C-1 is word j % 4 of fill block j / 4 (the same bits as fill_draw):
-        // each Philox block is computed once for its four draws.
-        for (int64_t j0 = 0; j0 < 2 * C; j0 += 4) {
-          const Words4 words = sample_stream(seed_v, id[b],
-                                             kFillBlock0 + static_cast<uint32_t>(j0 / 4));
-          for (int64_t j = j0; j < std::min<int64_t>(j0 + 4, 2 * C); ++j) {
-            const float u = uniform_f32(words.w[j - j0]);
-            if (j < C) fmax[b * C + j] = u; else fmin[b * C + (j - C)] = u;
-          }
-        }
-      } else {
-        for (int64_t c = 0; c < C; ++c) {
-          fmax[b * C + c] = fv[c];
-          fmin[b * C + c] = fv[c];
-        }
-      }
+      r[b] = cpu::sample_box_and_fills(seed_v, id[b], q[b], H, W, C, params, pmax + 2 * b,
+                                       pmin + 2 * b, uniform_fill, fv, bmax + 4 * b,
+                                       bmin + 4 * b, fmax + b * C, fmin + b * C);
     }
   });
   return {box_max, box_min, ratio, fill_max, fill_min};

@@ -1,0 +1,183 @@
+// Stages 1-3 fused on the CPU: one pass over the batch in which each sample's feature map is
+// reduced to its peaks, its boxes and fills are drawn, and both erased copies of its image are
+// written while that sample's data is still in cache. The per-sample steps are the same functions
+// the separate ops use (peaks_per_sample.h, boxes_per_sample.h, erase_per_sample.h), so the
+// results are bit-identical to activation_peaks -> sample_boxes -> erase_and_modulate.
+// The value checks of the Python API (quality in [0, 1], a finite energy) are made here too, so
+// a call costs one dispatch and no extra passes.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+
+#include "../op_checks.h"
+#include "boxes_per_sample.h"
+#include "erase_per_sample.h"
+#include "peaks_per_sample.h"
+
+namespace anm_fast {
+namespace {
+
+struct FusedArgs {
+  int64_t seed;
+  BoxParams params;
+  bool uniform_fill;
+  const float* fill_value;
+  const float* quality;
+  const int64_t* ids;
+  int64_t* box_max;
+  int64_t* box_min;
+  float* ratio;
+  float* fill_max;
+  float* fill_min;
+  int64_t* peak_max;
+  int64_t* peak_min;
+  float* energy;
+};
+
+// Returns the number of samples whose energy is not finite.
+template <typename fmap_t, typename x_t>
+int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& erased,
+                     double band, const FusedArgs& a) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t K = fmap.size(1), h = fmap.size(2), w = fmap.size(3);
+  const int64_t fB = fmap.stride(0), fK = fmap.stride(1), fH = fmap.stride(2),
+                fW = fmap.stride(3);
+  const cpu::EraseLayout layout{
+      B, C, H, W, x.stride(0), x.stride(1), x.stride(2), x.stride(3), erased.stride(0),
+      erased.stride(1), erased.stride(2), erased.stride(3),
+      erased.is_contiguous(at::MemoryFormat::ChannelsLast) && !erased.is_contiguous()};
+  const fmap_t* fptr = fmap.const_data_ptr<fmap_t>();
+  const x_t* xptr = x.const_data_ptr<x_t>();
+  x_t* optr = erased.data_ptr<x_t>();
+  const cpu::PeakPlan plan(h, w, H, W, band);
+  std::atomic<int64_t> non_finite{0};
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    cpu::PeakWorkspace<cpu::peak_acc_t<fmap_t>> ws(plan);
+    int64_t bad = 0;
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t* pmax = a.peak_max + 2 * b;
+      int64_t* pmin = a.peak_min + 2 * b;
+      if (!cpu::sample_peaks<fmap_t>(plan, fptr + b * fB, K, fK, fH, fW, ws,
+                                     a.energy + b * h * w, pmax, pmin))
+        ++bad;
+      int64_t* bmax = a.box_max + 4 * b;
+      int64_t* bmin = a.box_min + 4 * b;
+      a.ratio[b] = cpu::sample_box_and_fills(a.seed, a.ids[b], a.quality[b], H, W, C, a.params,
+                                             pmax, pmin, a.uniform_fill, a.fill_value, bmax,
+                                             bmin, a.fill_max + b * C, a.fill_min + b * C);
+      const cpu::Box box_max{bmax[0], bmax[1], bmax[0] + bmax[2], bmax[1] + bmax[3]};
+      const cpu::Box box_min{bmin[0], bmin[1], bmin[0] + bmin[2], bmin[1] + bmin[3]};
+      cpu::erase_sample<x_t>(layout, xptr, optr, b, box_max, box_min, a.fill_max + b * C,
+                             a.fill_min + b * C);
+    }
+    if (bad) non_finite += bad;
+  });
+  return non_finite.load();
+}
+
+// The Python API's quality check, with its messages (ValueError in Python).
+void check_quality_values(const float* q, int64_t B) {
+  if (B == 0) return;
+  float lo = q[0], hi = q[0];
+  bool bad = false;
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(!std::isnan(q[b]), "quality contains NaN; expected values in [0, 1]");
+    if (q[b] < 0.f || q[b] > 1.f) bad = true;
+    lo = std::min(lo, q[b]);
+    hi = std::max(hi, q[b]);
+  }
+  TORCH_CHECK_VALUE(!bad, "quality must lie in [0, 1], got values in [", lo, ", ", hi, "]");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor, at::Tensor>
+anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targets,
+             const at::Tensor& quality_in, const at::Tensor& sample_ids_in, const at::Tensor& seed,
+             double band, double area_lo, double area_hi, double quality_gain, double aspect_lo,
+             double area_scale, bool center_anchor, bool uniform_fill,
+             const at::Tensor& fill_value_in, double label_gain, bool check_values) {
+  TORCH_CHECK(x.dim() == 4, "anm_mask: x must be (B, C, H, W), got ", x.sizes());
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  check_activation_peaks_args(fmap, H, W);
+  TORCH_CHECK(fmap.size(0) == B, "anm_mask: fmap has batch size ", fmap.size(0), ", x has ", B);
+  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2,
+              "anm_mask: targets must be (B, N) with N >= 2, got ", targets.sizes());
+  TORCH_CHECK(quality_in.dim() == 1 && quality_in.size(0) == B, "anm_mask: quality must be (B,)");
+  TORCH_CHECK(sample_ids_in.dim() == 1 && sample_ids_in.size(0) == B,
+              "anm_mask: sample_ids must be (B,)");
+  TORCH_CHECK(seed.numel() == 1, "anm_mask: seed must hold one integer");
+  TORCH_CHECK(C > 0 && H > 0 && W > 0, "anm_mask: x has an empty dimension: ", x.sizes());
+  TORCH_CHECK(uniform_fill || fill_value_in.numel() == C,
+              "anm_mask: fill_value must hold one value per channel");
+
+  const at::Tensor quality = quality_in.to(at::kFloat).contiguous();
+  const at::Tensor ids = sample_ids_in.to(at::kLong).contiguous();
+  const at::Tensor fill_value = uniform_fill ? fill_value_in
+                                             : fill_value_in.to(at::kFloat).contiguous();
+  if (check_values) check_quality_values(quality.const_data_ptr<float>(), B);
+
+  auto long_opts = x.options().dtype(at::kLong);
+  auto float_opts = x.options().dtype(at::kFloat);
+  at::Tensor erased = at::empty({2 * B, C, H, W}, x.options().memory_format(erased_memory_format(x)));
+  at::Tensor targets_out = at::empty({B, targets.size(1)}, targets.options());
+  at::Tensor box_max = at::empty({B, 4}, long_opts), box_min = at::empty({B, 4}, long_opts);
+  at::Tensor ratio = at::empty({B}, float_opts);
+  at::Tensor fill_max = at::empty({B, C}, float_opts), fill_min = at::empty({B, C}, float_opts);
+  at::Tensor peak_max = at::empty({B, 2}, long_opts), peak_min = at::empty({B, 2}, long_opts);
+  at::Tensor energy = at::empty({B, fmap.size(2), fmap.size(3)}, float_opts);
+  if (B == 0)
+    return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
+            energy};
+
+  const FusedArgs args{seed.to(at::kLong).item<int64_t>(),
+                       BoxParams{area_lo, area_hi, quality_gain, aspect_lo, area_scale,
+                                 center_anchor},
+                       uniform_fill,
+                       uniform_fill ? nullptr : fill_value.const_data_ptr<float>(),
+                       quality.const_data_ptr<float>(),
+                       ids.const_data_ptr<int64_t>(),
+                       box_max.data_ptr<int64_t>(),
+                       box_min.data_ptr<int64_t>(),
+                       ratio.data_ptr<float>(),
+                       fill_max.data_ptr<float>(),
+                       fill_min.data_ptr<float>(),
+                       peak_max.data_ptr<int64_t>(),
+                       peak_min.data_ptr<int64_t>(),
+                       energy.data_ptr<float>()};
+  int64_t non_finite = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fmap.scalar_type(), "anm_mask_fmap",
+                                  [&] {
+    using fmap_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "anm_mask_x", [&] {
+      non_finite = fused_kernel<fmap_t, scalar_t>(fmap, x, erased, band, args);
+    });
+  });
+  TORCH_CHECK_VALUE(!check_values || non_finite == 0,
+                    "fmap contains non-finite values (NaN or Inf), or values whose squares "
+                    "overflow float32; the activation energy is undefined");
+
+  // The label shift: B x N values, a separate (small) loop over the targets' own dtype.
+  const float* r = args.ratio;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, targets.scalar_type(),
+                                  "anm_mask_targets", [&] {
+    const int64_t N = targets.size(1), s0 = targets.stride(0), s1 = targets.stride(1);
+    const scalar_t* tp = targets.const_data_ptr<scalar_t>();
+    scalar_t* op = targets_out.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b)
+        cpu::modulate_row<scalar_t>(tp + b * s0, s1, N, r[b], label_gain, op + b * N);
+    });
+  });
+  return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
+          energy};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(anm_fast, CPU, m) { m.impl("anm_mask", &anm_mask_cpu); }
+
+}  // namespace anm_fast
