@@ -204,6 +204,22 @@ class LossHistory:
             raise ValueError("LossHistory is empty: append an epoch of losses first")
         return torch.stack(tuple(self._epochs)).mean(0)
 
+    def state_dict(self) -> dict:
+        """The stored epochs (oldest first) and the window, for checkpoints."""
+        return {"window": self.window, "epochs": list(self._epochs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`. Also accepts a plain list of epochs (checkpoints written
+        before state_dict existed); keeps the newest `window` epochs."""
+        epochs = state["epochs"] if isinstance(state, dict) else state
+        if not isinstance(epochs, (list, tuple)) or not all(
+                isinstance(e, torch.Tensor) and e.dim() == 1 for e in epochs):
+            raise ValueError("LossHistory state must hold a list of 1-D loss tensors")
+        if len({e.numel() for e in epochs}) > 1:
+            raise ValueError("LossHistory state holds epochs of different lengths")
+        self._epochs.clear()
+        self._epochs.extend(e.float() for e in epochs)
+
     def clean_posterior(self, **gmm_kwargs) -> torch.Tensor:
         """gmm_clean_posterior of the averaged history (not renormalised, as in DivideMix)."""
         return gmm_clean_posterior(self.mean(), normalize=False, **gmm_kwargs)

@@ -145,3 +145,25 @@ def test_loss_history_averages_last_window():
         history.append(torch.rand(3))
     with pytest.raises(ValueError, match="empty"):
         quality.LossHistory().mean()
+
+
+def test_loss_history_state_dict_round_trip(tmp_path):
+    history = quality.LossHistory(window=3)
+    for i in range(4):
+        history.append(torch.rand(10) * (i + 1))
+    path = tmp_path / "h.pt"
+    torch.save(history.state_dict(), path)
+    restored = quality.LossHistory(window=3)
+    restored.load_state_dict(torch.load(path, weights_only=True))  # checkpoints load this way
+    assert len(restored) == 3
+    torch.testing.assert_close(restored.mean(), history.mean())
+    # checkpoints written before state_dict existed hold a plain list of epochs
+    legacy = quality.LossHistory(window=2)
+    legacy.load_state_dict(history.state_dict()["epochs"])
+    assert len(legacy) == 2  # the newest `window` epochs
+    newest = history.state_dict()["epochs"][1:]
+    torch.testing.assert_close(legacy.mean(), torch.stack(newest).mean(0))
+    with pytest.raises(ValueError, match="different lengths"):
+        legacy.load_state_dict([torch.rand(3), torch.rand(4)])
+    with pytest.raises(ValueError, match="1-D loss tensors"):
+        legacy.load_state_dict({"epochs": [torch.rand(2, 2)]})

@@ -52,14 +52,18 @@ def _assert_same(a, b):
         assert a == b
 
 
-@pytest.mark.parametrize("method", ["anm", "dividemix-anm"])
-def test_resume_gives_identical_weights(tmp_path, method):
+@pytest.mark.parametrize("method,hp", [("anm", {}), ("dividemix-anm", {}),
+                                       ("anm", {"loss_history": True})],
+                         ids=["anm", "dividemix-anm", "anm-loss-history"])
+def test_resume_gives_identical_weights(tmp_path, method, hp):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    run(settings([method], 4), full)
-    out = run(settings([method], 4), part, stop_after=2)
+    run(settings([method], 4, **hp), full)
+    out = run(settings([method], 4, **hp), part, stop_after=2)
     assert out["complete"] is False
     assert _weights(part, method)["epoch"] == 2
-    run(settings([method], 4), part)  # picks up the checkpoint of epoch 2
+    if hp.get("loss_history"):  # the history is checkpointed: one loss vector per ANM epoch
+        assert len(_weights(part, method)["method"]["extra"]["history"]["epochs"]) == 1
+    run(settings([method], 4, **hp), part)  # picks up the checkpoint of epoch 2
     a, b = _weights(full, method), _weights(part, method)
     assert b["epoch"] == 4
     _assert_same(a["method"], b["method"])

@@ -88,11 +88,10 @@ class ANM(Method):
 
     def extra_state(self):
         return dict(decoder=self.decoder.state_dict(),
-                    history=list(self.history._epochs) if self.history else None)
+                    history=self.history.state_dict() if self.history else None)
 
     def load_extra_state(self, state):
         if state.get("decoder") is not None:
             self.decoder.load_state_dict(state["decoder"])
         if self.history is not None and state.get("history"):
-            self.history._epochs.clear()
-            self.history._epochs.extend(state["history"])
+            self.history.load_state_dict(state["history"])

@@ -211,16 +211,15 @@ class DivideMix(Method):
     def extra_state(self):
         return dict(probs=self.probs,
                     decoders=[d.state_dict() for d in self.decoders],
-                    histories=[list(h._epochs) for h in self.histories] if self.histories else None)
+                    histories=[h.state_dict() for h in self.histories] if self.histories else None)
 
     def load_extra_state(self, state):
         self.probs = state.get("probs", [None, None])
         for d, s in zip(self.decoders, state.get("decoders") or []):
             d.load_state_dict(s)
         if self.histories and state.get("histories"):
-            for h, epochs in zip(self.histories, state["histories"]):
-                h._epochs.clear()
-                h._epochs.extend(epochs)
+            for h, hs in zip(self.histories, state["histories"]):
+                h.load_state_dict(hs)
 
 
 class DivideMixANM(DivideMix):
