@@ -6,6 +6,7 @@ autograd, and inside torch.compile(fullgraph=True).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -86,8 +87,36 @@ def _seed_tensor(seed, device) -> torch.Tensor:
     return torch.tensor(seed, dtype=torch.int64)
 
 
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling")
+                and compiler.is_compiling())
+
+
+@functools.lru_cache(maxsize=16)
+def _cpu_arange(B: int) -> torch.Tensor:
+    # Read-only for every op that takes it. Cached: an arange of a few hundred ids costs ~30 us
+    # with two intra-op threads, a sizeable part of a CPU anm_mask call at CIFAR shapes.
+    return torch.arange(B, dtype=torch.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_fill_tensor(values: tuple) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _fill_tensor(values) -> torch.Tensor:
+    """The constant fills as a CPU float32 tensor (the kernels take it as an argument; no device
+    copy), cached per value tuple outside torch.compile."""
+    if _compiling():
+        return torch.tensor(values, dtype=torch.float32)
+    return _cpu_fill_tensor(tuple(float(v) for v in values))
+
+
 def _sample_ids(sample_ids, B: int, device) -> torch.Tensor:
     if sample_ids is None:
+        if torch.device(device).type == "cpu" and not _compiling():
+            return _cpu_arange(B)
         return torch.arange(B, device=device, dtype=torch.int64)
     ids = chk.int_tensor(sample_ids, "sample_ids", "(B,)", (B,))
     chk.same_device("the batch", device, sample_ids=ids)
@@ -103,7 +132,10 @@ def _quality(quality, B: int, device) -> torch.Tensor:
     if tuple(q.shape) != (B,):
         raise ValueError(f"quality must have shape (B,) = ({B},), got {tuple(q.shape)}")
     chk.same_device("the batch", device, quality=q)
-    return q.detach().to(torch.float32)  # its values are checked by the caller's check_values
+    # (its values are checked by the caller's check_values)
+    if q.requires_grad:
+        q = q.detach()
+    return q if q.dtype == torch.float32 else q.to(torch.float32)
 
 
 def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_size,
@@ -131,8 +163,7 @@ def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_
 def _sample_boxes(pmax, pmin, q, ids, seed_t, H: int, W: int, C: int,
                   config: ANMConfig) -> Boxes:
     uniform, values = config.fill_values(C)
-    # A small constant: kept on the CPU (the kernels take it as an argument; no device copy).
-    fill_value = torch.tensor(values, dtype=torch.float32)
+    fill_value = _fill_tensor(values)
     return Boxes(*ops.sample_boxes(
         pmax, pmin, q, ids, seed_t, H, W, C, float(config.area_lo), float(config.area_hi),
         float(config.quality_gain), float(config.aspect_lo), float(config.area_scale),
@@ -239,11 +270,12 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
         if labels is not None:
             chk.check_values(labels=labels, num_classes=n)
         uniform, values = config.fill_values(C)
-        out = ops.anm_mask(x, fmap.detach(), t, q, ids, seed_t, float(config.band),
+        out = ops.anm_mask(x, fmap.detach() if fmap.requires_grad else fmap, t, q, ids, seed_t,
+                           float(config.band),
                            float(config.area_lo), float(config.area_hi),
                            float(config.quality_gain), float(config.aspect_lo),
                            float(config.area_scale), config.anchor == "center", uniform,
-                           torch.tensor(values, dtype=torch.float32), float(config.label_gain),
+                           _fill_tensor(values), float(config.label_gain),
                            chk.value_checks_active())
         return MaskBatch(*out, seed_t)
     # Otherwise the three ops: arguments are checked once here, and every value check of the call

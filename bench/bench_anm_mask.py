@@ -6,7 +6,8 @@ Implementations:
   compile        torch.compile of the same reference function
   fused          anm_fast.anm_mask, the public API (argument + value checks on)
   fused-nochecks anm_fast.anm_mask with anm_fast.set_checks(False)
-  fused-ops      the registered operators called directly: kernel time without the Python layer
+  fused-ops      the registered operator(s) anm_mask calls, called directly: kernel time without
+                 the Python layer (CPU: the one fused op; GPU: the three ops)
   fused-triton / fused-cuda   on a GPU, anm_fast.anm_mask with that backend selected
   tv-randerase / kornia-randerase   batched random erasing into 2B copies (what a user reaches for
                  instead; no peaks, no label shift)
