@@ -175,3 +175,15 @@ def test_defaults_with_no_arguments():
         "digits", "sym", 0.5, ["dividemix-anm"], [0])
     assert out is None  # a fresh folder under ./runs/ is chosen at run time
     assert "--compare" in build_parser().format_help()
+
+
+def test_boolean_switches_have_a_negative_form():
+    """--sync-bn is on by default (presets); --no-sync-bn turns it off, --compile stays opt-in."""
+    from anm_fast.train.presets import COMMON
+
+    assert COMMON["sync_bn"] is True
+    parse = lambda *a: settings_from(build_parser().parse_args(list(a)))[0].hp  # noqa: E731
+    assert "sync_bn" not in parse()  # not given: the preset decides
+    assert parse("--no-sync-bn")["sync_bn"] is False
+    assert parse("--sync-bn")["sync_bn"] is True
+    assert parse("--compile")["compile"] is True
