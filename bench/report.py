@@ -259,6 +259,38 @@ def render(paths: List[str], title: Optional[str] = None) -> str:
     return "\n".join(out) + "\n"
 
 
+HEADLINE_ROWS = [("released", "released per-image procedure (port, OpenCV resize)"),
+                 ("eager", "eager vectorised PyTorch (the reference)"),
+                 ("compile", "`torch.compile` of the reference"),
+                 ("fused", "**`anm_fast.anm_mask`**"),
+                 ("fused-ops", "the fused operator called directly"),
+                 ("copy", "copy of the bytes that must move (memory floor)")]
+
+
+def headline(one_core: str, two_cores: str, shape: str = "cifar-B512") -> str:
+    """README's headline table: anm_mask at `shape` (CPU fp32) from a 1-thread CPU-time run and
+    a 2-thread wall-clock run, each implementation's median and its speed-up over the released
+    procedure measured in the same run."""
+    runs = [index(load([one_core])[0]), index(load([two_cores])[0])]
+    lines = ["| implementation | 1 core (CPU time) | vs released | 2 cores (wall clock) | "
+             "vs released |", "|---|---|---|---|---|"]
+    for impl, label in HEADLINE_ROWS:
+        cells = []
+        for idx in runs:
+            if impl == "copy":
+                t = get(idx, "copy", "cpu", "fp32", shape, "clone")[0]
+                cells += [fmt_t(t), ""]
+                continue
+            t = get(idx, "anm_mask", "cpu", "fp32", shape, impl)[0]
+            released = get(idx, "anm_mask", "cpu", "fp32", shape, "released")[0]
+            x = fmt_x(ratio(released, t))
+            cells += [fmt_t(t), "1x" if impl == "released" and t is not None else x]
+        if impl == "fused":
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s)")
@@ -266,7 +298,15 @@ def main(argv=None) -> int:
     ap.add_argument("--notes", help="markdown file appended after the tables (conditions, "
                                     "analysis; keep figures in the generated tables)")
     ap.add_argument("--title", help="heading suffix, e.g. the run's conditions")
+    ap.add_argument("--headline", action="store_true",
+                    help="print README's headline table instead: give the 1-thread CPU-time JSON "
+                         "then the 2-thread wall-clock JSON")
     args = ap.parse_args(argv)
+    if args.headline:
+        if len(args.json) != 2:
+            ap.error("--headline takes two JSON files: the 1-thread run, then the 2-thread run")
+        sys.stdout.write(headline(*args.json))
+        return 0
     text = render(args.json, args.title)
     if args.notes:
         with open(args.notes) as f:
