@@ -1,8 +1,12 @@
 """Which implementation serves CUDA tensors: the one place that decides.
 
 Backends: "cuda" (the compiled CUDA kernels of csrc/cuda), "triton" (the Triton launchers of
-kernels/, installed as anm_fast.kernels), "reference" (pure PyTorch), or "auto" (the default:
-compiled CUDA when built, else Triton when it imports, else the reference).
+kernels/, installed as anm_fast.kernels), "reference" (pure PyTorch), or "auto" (the default).
+"auto" takes the backend the benchmarks measured faster on this GPU model, recorded in
+anm_fast/measured_backends.json by `python bench/report.py --pick-backend GPU_RUN.json`; for a
+GPU model not in that file, compiled CUDA when built, else Triton when it imports, else the
+reference. When the file could change the choice, "auto" decides on the first CUDA call (asking
+for the GPU's name earlier would initialise CUDA when anm_fast is imported).
 Chosen by the environment variable ANM_FAST_BACKEND at import, or at run time with
 `anm_fast.set_backend(name)`. CPU tensors are always served by the C++ kernels (or the reference
 when the extension is missing).
@@ -26,7 +30,9 @@ _OP_NAMES = ("activation_peaks", "sample_boxes", "erase_and_modulate",
              "erase_and_modulate_backward")
 
 _state = {"requested": "auto", "active": None, "lib": None, "compiled_cuda": None,
-          "triton": None, "triton_error": None}
+          "triton": None, "triton_error": None, "measured": None, "pending_auto": False}
+
+MEASURED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "measured_backends.json")
 
 
 def _compiled_cuda_available() -> bool:
@@ -97,10 +103,69 @@ def _unavailable_reason(name: str) -> str | None:
     return None
 
 
+def measured_choices() -> dict:
+    """GPU model name -> the backend measured faster on it (read once from MEASURED_FILE). A
+    missing or damaged file means no measurements: a warning, never an import error."""
+    if _state["measured"] is None:
+        choices = {}
+        try:
+            import json
+
+            with open(MEASURED_FILE) as f:
+                data = json.load(f)
+            for gpu, entry in (data.get("gpus") or {}).items():
+                if isinstance(entry, dict) and entry.get("faster") in ("cuda", "triton"):
+                    choices[str(gpu)] = entry["faster"]
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a bad file must not break `import anm_fast`
+            warnings.warn(f"anm_fast: ignoring {MEASURED_FILE} ({type(exc).__name__}: {exc}); "
+                          f"'auto' uses the default order", RuntimeWarning, stacklevel=2)
+        _state["measured"] = choices
+    return _state["measured"]
+
+
+def _gpu_name():
+    return torch.cuda.get_device_name(torch.cuda.current_device())
+
+
+def auto_choice(gpu_name=None) -> str:
+    """What "auto" selects on the GPU model `gpu_name`: its measured winner when this
+    installation has it, else the first available of cuda, triton, reference."""
+    available = available_backends()
+    measured = measured_choices().get(gpu_name) if gpu_name else None
+    return measured if measured in available else available[0]
+
+
+def _measurement_could_matter() -> bool:
+    # Only when the file names a backend other than the default one and it is available here.
+    default = available_backends()[0]
+    return any(b != default and b in available_backends() for b in measured_choices().values())
+
+
 def _resolve(name: str) -> str:
     if name == "auto":
-        return available_backends()[0]
+        return auto_choice(None)
     return name
+
+
+def _settle_auto() -> str:
+    """First CUDA call under a pending "auto": ask the GPU's name and install its backend."""
+    if _state["pending_auto"]:
+        choice = auto_choice(_gpu_name())
+        _state["pending_auto"] = False
+        _install_override(choice)
+        _state["active"] = choice
+    return _state["active"]
+
+
+def _pending_auto_impl(op: str):
+    def impl(*args):
+        _settle_auto()  # replaces this override; the call below dispatches to the choice
+        return getattr(torch.ops.anm_fast, op).default(*args)
+
+    impl.__name__ = f"{op}_auto"
+    return impl
 
 
 def _install_override(active: str) -> None:
@@ -111,6 +176,8 @@ def _install_override(active: str) -> None:
         return  # the compiled kernels registered by the extension serve the CUDA key
     if active == "triton":
         impls = {op: _lazy_triton(op) for op in _OP_NAMES}
+    elif active == "pending-auto":
+        impls = {op: _pending_auto_impl(op) for op in _OP_NAMES}
     else:
         impls = {op: getattr(reference, op) for op in _OP_NAMES}
     lib = torch.library.Library("anm_fast", "IMPL")
@@ -143,13 +210,18 @@ def set_backend(name: str, *, fallback: bool = False) -> str:
                       stacklevel=2)
     else:
         active = _resolve(name)
-    _install_override(active)
-    _state["requested"], _state["active"] = name, active
+    pending = name == "auto" and reason is None and _measurement_could_matter()
+    _install_override("pending-auto" if pending else active)
+    _state["requested"], _state["active"], _state["pending_auto"] = name, active, pending
     return active
 
 
 def get_backend() -> str:
-    """The backend serving CUDA tensors now ("cuda", "triton" or "reference")."""
+    """The backend serving CUDA tensors now ("cuda", "triton" or "reference"). Under an "auto"
+    that waits for the first CUDA call (see the module docstring), the default-order choice until
+    CUDA is initialised, the measured one from then on."""
+    if _state["pending_auto"] and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return _settle_auto()
     return _state["active"]
 
 

@@ -205,3 +205,5 @@ def record(benchmark, **info):
     benchmark.extra_info.setdefault("smoke", SMOKE)
     # Other processes on the machine skew timings: keep the 1-minute load with every figure.
     benchmark.extra_info.setdefault("loadavg_1m", os.getloadavg()[0])
+    if info.get("device") == "cuda":  # the GPU model: bench/report.py --pick-backend keys on it
+        benchmark.extra_info.setdefault("gpu", torch.cuda.get_device_name())

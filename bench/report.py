@@ -217,6 +217,39 @@ def machine(meta) -> List[str]:
     return lines
 
 
+GPU_GOAL_SHAPES = ["cifar-B512", "imagenet-B256"]
+
+
+def gpu_goals(idx, out: List[str]):
+    """Issue 3's speed goals (stated for an H100) for every CUDA dtype in the run: the public
+    anm_mask ("fused", the backend "auto" picked) against the released procedure, the eager
+    reference and torch.compile of it, and the erase pass's share of the copy bandwidth."""
+    dtypes = sorted({k[2] for k in idx if k[1] == "cuda"})
+    if not dtypes:
+        out.append("\n**Goals (issue 3, GPU)**: not measured (no GPU in this run).")
+        return
+    out.append("\n**Goals (issue 3, GPU; the card is named in the machine lines above)**\n")
+    out.append("| goal | dtype | shape | measured | status |")
+    out.append("|---|---|---|---|---|")
+    for dtype in dtypes:
+        for shape in GPU_GOAL_SHAPES:
+            t = {impl: get(idx, "anm_mask", "cuda", dtype, shape, impl)[0]
+                 for impl in ("fused", "released", "eager", "compile")}
+            for name, other, need in (("anm_mask >= 1000x faster than released", "released",
+                                       1000), ("anm_mask >= 5x faster than eager", "eager", 5),
+                                      ("anm_mask >= 2x faster than torch.compile", "compile", 2)):
+                v = ratio(t[other], t["fused"])
+                status = "not measured" if v is None else ("met" if v >= need else "MISSED")
+                out.append(f"| {name} | {dtype} | {shape} | {fmt_x(v)} | {status} |")
+            t_erase, e = get(idx, "erase_fwd", "cuda", dtype, shape, "fused")
+            _, bw = copy_bw(idx, "cuda", dtype, shape)
+            share = None if t_erase is None or not bw else (e["bytes"] / t_erase) / bw
+            status = "not measured" if share is None else ("met" if share >= 0.7 else "MISSED")
+            shown = "-" if share is None else f"{100 * share:.0f}% of copy BW"
+            out.append(f"| erase pass >= 70% of copy bandwidth | {dtype} | {shape} | {shown} | "
+                       f"{status} |")
+
+
 def render(paths: List[str], title: Optional[str] = None) -> str:
     benches, meta = load(paths)
     idx = index(benches)
@@ -240,6 +273,7 @@ def render(paths: List[str], title: Optional[str] = None) -> str:
         if res:
             out.append(f"- released port resizes with: {', '.join(sorted(res))}")
     goals(idx, out)
+    gpu_goals(idx, out)
     out.append("\n## anm_mask (stages 1-3)")
     devices = sorted({(k[1], k[2]) for k in idx if k[0] == "anm_mask"})
     for device, dtype in devices:
@@ -291,6 +325,50 @@ def headline(one_core: str, two_cores: str, shape: str = "cifar-B512") -> str:
     return "\n".join(lines) + "\n"
 
 
+def pick_backends(paths: List[str]) -> Dict[str, dict]:
+    """Per GPU model in the runs: which of the Triton and compiled CUDA backends was faster,
+    by the geometric mean of t(triton) / t(cuda) over every (op, shape, dtype) both ran."""
+    import math
+
+    benches, _ = load(paths)
+    pairs: Dict[Tuple, Dict[str, float]] = defaultdict(dict)
+    for b in benches:
+        e = b.get("extra_info", {})
+        backend = {"fused-triton": "triton", "fused-cuda": "cuda"}.get(e.get("impl"))
+        if e.get("device") != "cuda" or backend is None or not e.get("gpu"):
+            continue
+        key = (e["gpu"], e.get("op"), e.get("shape"), e.get("dtype"))
+        pairs[key][backend] = b["stats"]["median"]
+    out: Dict[str, dict] = {}
+    for gpu in sorted({k[0] for k in pairs}):
+        logs = [math.log(v["triton"] / v["cuda"]) for k, v in pairs.items()
+                if k[0] == gpu and "triton" in v and "cuda" in v and v["cuda"] > 0]
+        if not logs:
+            continue
+        ratio_ = math.exp(sum(logs) / len(logs))
+        out[gpu] = {"faster": "triton" if ratio_ < 1 else "cuda",
+                    "triton_over_cuda_geomean": round(ratio_, 4), "pairs": len(logs)}
+    return out
+
+
+def write_picks(picks: Dict[str, dict], path: str, note: str) -> None:
+    """Merge `picks` into the measured-backends file (other GPU models kept), atomically."""
+    import os
+
+    data = {"version": 1, "gpus": {}}
+    if os.path.exists(path):
+        with open(path) as f:
+            data = json.load(f)
+    data.setdefault("gpus", {})
+    for gpu, entry in picks.items():
+        data["gpus"][gpu] = dict(entry, measured=note)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s)")
@@ -301,7 +379,27 @@ def main(argv=None) -> int:
     ap.add_argument("--headline", action="store_true",
                     help="print README's headline table instead: give the 1-thread CPU-time JSON "
                          "then the 2-thread wall-clock JSON")
+    ap.add_argument("--pick-backend", action="store_true",
+                    help="record, per GPU model in the JSON, whether the triton or the cuda "
+                         "backend was faster, in anm_fast/measured_backends.json (read by "
+                         "ANM_FAST_BACKEND=auto)")
     args = ap.parse_args(argv)
+    if args.pick_backend:
+        import os
+
+        picks = pick_backends(args.json)
+        if not picks:
+            ap.error("no GPU run with both fused-triton and fused-cuda timings in these files")
+        _, meta = load(args.json)
+        note = f"{(meta or {}).get('datetime', '?')} commit " \
+               f"{((meta or {}).get('commit_info') or {}).get('id', '?')[:10]}"
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "anm_fast", "measured_backends.json")
+        write_picks(picks, path, note)
+        for gpu, entry in picks.items():
+            print(f"{gpu}: {entry['faster']} (t_triton / t_cuda geometric mean "
+                  f"{entry['triton_over_cuda_geomean']} over {entry['pairs']} timings)")
+        return 0
     if args.headline:
         if len(args.json) != 2:
             ap.error("--headline takes two JSON files: the 1-thread run, then the 2-thread run")

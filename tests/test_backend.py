@@ -134,3 +134,60 @@ def test_environment_variable_at_import():
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "reference"
+
+
+# ------------------------------------------------------- "auto" from measurements on a GPU model
+def fake_measurements(monkeypatch, table, available=("cuda", "triton", "reference")):
+    monkeypatch.setitem(backend._state, "measured", dict(table))
+    monkeypatch.setattr(backend, "available_backends", lambda: tuple(available))
+
+
+def test_auto_takes_the_measured_winner_of_this_gpu_model(monkeypatch):
+    fake_measurements(monkeypatch, {"NVIDIA H100 80GB HBM3": "triton"})
+    assert backend.auto_choice("NVIDIA H100 80GB HBM3") == "triton"
+    assert backend.auto_choice("NVIDIA A100-SXM4-40GB") == "cuda"  # not measured: default order
+    assert backend.auto_choice(None) == "cuda"
+    # a measured winner this installation cannot provide is not taken
+    fake_measurements(monkeypatch, {"NVIDIA H100 80GB HBM3": "cuda"},
+                      available=("triton", "reference"))
+    assert backend.auto_choice("NVIDIA H100 80GB HBM3") == "triton"
+
+
+def test_auto_decides_on_the_first_cuda_call_only_when_a_measurement_could_matter(monkeypatch):
+    installed = []
+    monkeypatch.setattr(backend, "_install_override", lambda active: installed.append(active))
+    monkeypatch.setattr(backend, "_unavailable_reason", lambda name: None)
+    fake_measurements(monkeypatch, {"Some GPU": "cuda"})  # the default anyway: decide now
+    assert backend.set_backend("auto") == "cuda" and installed[-1] == "cuda"
+    assert backend._state["pending_auto"] is False
+    fake_measurements(monkeypatch, {"Some GPU": "triton"})
+    assert backend.set_backend("auto") == "cuda"  # provisional until the GPU is known
+    assert installed[-1] == "pending-auto" and backend._state["pending_auto"] is True
+    monkeypatch.setattr(backend, "_gpu_name", lambda: "Some GPU")
+    assert backend._settle_auto() == "triton"  # what the first CUDA call runs
+    assert installed[-1] == "triton" and backend._state["pending_auto"] is False
+    assert backend._settle_auto() == "triton"  # settled once
+    assert installed.count("triton") == 1
+    backend._state["pending_auto"] = False
+
+
+def test_a_damaged_measurements_file_warns_and_changes_nothing(monkeypatch, tmp_path):
+    bad = tmp_path / "measured_backends.json"
+    bad.write_text("{ not json")
+    monkeypatch.setattr(backend, "MEASURED_FILE", str(bad))
+    monkeypatch.setitem(backend._state, "measured", None)
+    with pytest.warns(RuntimeWarning, match="ignoring"):
+        assert backend.measured_choices() == {}
+    monkeypatch.setitem(backend._state, "measured", None)
+    bad.write_text('{"version": 1, "gpus": {"X": {"faster": "opencl"}, "Y": {"faster": "triton"}}}')
+    assert backend.measured_choices() == {"Y": "triton"}  # unknown backends are skipped
+
+
+def test_the_shipped_measurements_file_is_valid():
+    import json
+
+    with open(backend.MEASURED_FILE) as f:
+        data = json.load(f)
+    assert data["version"] == 1
+    for gpu, entry in data["gpus"].items():
+        assert entry["faster"] in ("cuda", "triton") and entry["pairs"] > 0, gpu

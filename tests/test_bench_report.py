@@ -31,3 +31,13 @@ def test_headline_says_not_measured_for_missing_rows(tmp_path):
     empty.write_text(json.dumps({"benchmarks": []}))
     table = _report().headline(str(empty), str(empty))
     assert table.count("not measured") == 12  # six rows x two runs, nothing invented
+
+
+def test_gpu_session_script_parses_and_explains_its_steps(tmp_path):
+    import subprocess
+
+    script = os.path.join(ROOT, "bench", "gpu_session.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    r = subprocess.run(["bash", script, "help"], capture_output=True, text=True,
+                       env=dict(os.environ, OUT=str(tmp_path)))
+    assert r.returncode == 2 and "build|test|sanitize|bench" in r.stderr
