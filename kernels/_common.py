@@ -35,6 +35,25 @@ def device_guard(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
+_DEVICE_FILLS: dict = {}
+
+
+def fills_on(fill_value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The constant fills as a float32 tensor on `device`. A CPU tensor (how anm_fast passes them)
+    is copied to the device once per distinct value list and device, then reused: after the first
+    call no host-to-device copy is issued, so the op can be captured in a CUDA graph."""
+    if fill_value.device == torch.device(device):
+        return fill_value.reshape(-1).to(torch.float32)
+    key = (tuple(float(v) for v in fill_value.reshape(-1).tolist()), str(device))
+    cached = _DEVICE_FILLS.get(key)
+    if cached is None:
+        if len(_DEVICE_FILLS) >= 64:  # a handful of configs in practice; never grows unbounded
+            _DEVICE_FILLS.clear()
+        cached = torch.tensor(key[0], dtype=torch.float32, device=device)
+        _DEVICE_FILLS[key] = cached
+    return cached
+
+
 def opmath_is_f64(*dtypes: torch.dtype) -> bool:
     return any(d == torch.float64 for d in dtypes)
 

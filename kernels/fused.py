@@ -15,8 +15,8 @@ import triton.language as tl
 
 from anm_fast.reference import erased_memory_format
 
-from ._common import (NO_FMA, box_shape, device_guard, f64_arg, f64_bits, fill_draw, next_pow2,
-                      opmath_is_f64, place_box)
+from ._common import (NO_FMA, box_shape, device_guard, f64_arg, f64_bits, fill_draw, fills_on,
+                      next_pow2, opmath_is_f64, place_box)
 from ._modulate import modulate_row
 from .erase import BLOCK, plane_coords
 
@@ -132,7 +132,7 @@ def sample_and_erase(x, targets, peak_max, peak_min, quality, sample_ids, seed, 
     if seed.device != device:
         seed = seed.to(device)
     # constant fills may come as a CPU tensor (the API keeps them there): moved only then
-    fv = fill_value.reshape(-1).to(device) if not uniform_fill else ratio  # unused when uniform
+    fv = fills_on(fill_value, device) if not uniform_fill else ratio  # unused when uniform
     N = targets.shape[1]
     tiles = triton.cdiv(C * H * W, BLOCK)
     with device_guard(x):

@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (NO_FMA, box_shape, device_guard, f64_arg, f64_bits, fill_draw, next_pow2,
-                      place_box)
+from ._common import (NO_FMA, box_shape, device_guard, f64_arg, f64_bits, fill_draw, fills_on,
+                      next_pow2, place_box)
 
 
 @triton.jit
@@ -94,7 +94,7 @@ def sample_boxes(peak_max, peak_min, quality, sample_ids, seed, height: int, wid
     if seed.device != device:
         seed = seed.to(device)
     # constant fills may come as a CPU tensor (the API keeps them there): moved only then
-    fv = fill_value.reshape(-1).to(device) if not uniform_fill else ratio  # unused when uniform
+    fv = fills_on(fill_value, device) if not uniform_fill else ratio  # unused when uniform
     BLOCK_B = min(next_pow2(B), 128)
     BLOCK_C = min(next_pow2(channels), 16)
     grid = (triton.cdiv(B, BLOCK_B),)

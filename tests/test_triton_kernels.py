@@ -333,3 +333,19 @@ def test_sample_and_erase_equals_the_two_ops(device, case):
     assert got[0].stride() == erased.stride()
     for g, w in zip(got, (erased, targets) + boxes):
         assert g.dtype == w.dtype and torch.equal(g.cpu(), w)
+
+
+def test_constant_fills_are_copied_to_the_device_once():
+    """A CPU fill tensor is moved to the batch's device once per value list, then reused (no
+    host-to-device copy per call: what CUDA-graph capture needs)."""
+    from anm_fast.kernels import _common
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cpu_fill = torch.tensor([0.25, -1.0, 3.0])
+    a = _common.fills_on(cpu_fill, torch.device(device))
+    b = _common.fills_on(torch.tensor([0.25, -1.0, 3.0]), torch.device(device))
+    assert torch.equal(a.cpu(), cpu_fill) and a.dtype == torch.float32
+    if device == "cuda":
+        assert a is b  # the cached device copy
+    on_device = torch.tensor([1.0, 2.0], device=device)
+    assert _common.fills_on(on_device, on_device.device).data_ptr() == on_device.data_ptr()
