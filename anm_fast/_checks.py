@@ -27,13 +27,16 @@ def checks_enabled() -> bool:
     return _VALUE_CHECKS
 
 
-def value_checks_active() -> bool:
-    if not _VALUE_CHECKS:
-        return False
+def compiling() -> bool:
+    """True while torch.compile traces (no host reads, no Python-side caches then)."""
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and hasattr(compiler, "is_compiling"):
-        return not compiler.is_compiling()
-    return not torch._dynamo.is_compiling()
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())
+
+
+def value_checks_active() -> bool:
+    return _VALUE_CHECKS and not compiling()
 
 
 def tensor(value, name: str) -> torch.Tensor:

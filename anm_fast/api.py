@@ -87,12 +87,6 @@ def _seed_tensor(seed, device) -> torch.Tensor:
     return torch.tensor(seed, dtype=torch.int64)
 
 
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling")
-                and compiler.is_compiling())
-
-
 @functools.lru_cache(maxsize=16)
 def _cpu_arange(B: int) -> torch.Tensor:
     # Read-only for every op that takes it. Cached: an arange of a few hundred ids costs ~30 us
@@ -108,14 +102,14 @@ def _cpu_fill_tensor(values: tuple) -> torch.Tensor:
 def _fill_tensor(values) -> torch.Tensor:
     """The constant fills as a CPU float32 tensor (the kernels take it as an argument; no device
     copy), cached per value tuple outside torch.compile."""
-    if _compiling():
+    if chk.compiling():
         return torch.tensor(values, dtype=torch.float32)
     return _cpu_fill_tensor(tuple(float(v) for v in values))
 
 
 def _sample_ids(sample_ids, B: int, device) -> torch.Tensor:
     if sample_ids is None:
-        if torch.device(device).type == "cpu" and not _compiling():
+        if torch.device(device).type == "cpu" and not chk.compiling():
             return _cpu_arange(B)
         return torch.arange(B, device=device, dtype=torch.int64)
     ids = chk.int_tensor(sample_ids, "sample_ids", "(B,)", (B,))

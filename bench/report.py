@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
@@ -328,8 +330,6 @@ def headline(one_core: str, two_cores: str, shape: str = "cifar-B512") -> str:
 def pick_backends(paths: List[str]) -> Dict[str, dict]:
     """Per GPU model in the runs: which of the Triton and compiled CUDA backends was faster,
     by the geometric mean of t(triton) / t(cuda) over every (op, shape, dtype) both ran."""
-    import math
-
     benches, _ = load(paths)
     pairs: Dict[Tuple, Dict[str, float]] = defaultdict(dict)
     for b in benches:
@@ -353,8 +353,6 @@ def pick_backends(paths: List[str]) -> Dict[str, dict]:
 
 def write_picks(picks: Dict[str, dict], path: str, note: str) -> None:
     """Merge `picks` into the measured-backends file (other GPU models kept), atomically."""
-    import os
-
     data = {"version": 1, "gpus": {}}
     if os.path.exists(path):
         with open(path) as f:
@@ -385,8 +383,6 @@ def main(argv=None) -> int:
                          "ANM_FAST_BACKEND=auto)")
     args = ap.parse_args(argv)
     if args.pick_backend:
-        import os
-
         picks = pick_backends(args.json)
         if not picks:
             ap.error("no GPU run with both fused-triton and fused-cuda timings in these files")

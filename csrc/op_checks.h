@@ -61,6 +61,26 @@ inline void check_erase_args(const at::Tensor& x, const at::Tensor& targets,
   TORCH_CHECK(ratio.dim() == 1 && ratio.size(0) == B, "erase_and_modulate: ratio must be (B,)");
 }
 
+// The fused anm_mask (stages 1-3): the checks of its three stages, on the arguments it shares.
+inline void check_anm_mask_args(const at::Tensor& x, const at::Tensor& fmap,
+                                const at::Tensor& targets, const at::Tensor& quality,
+                                const at::Tensor& sample_ids, const at::Tensor& seed,
+                                bool uniform_fill, const at::Tensor& fill_value) {
+  TORCH_CHECK(x.dim() == 4, "anm_mask: x must be (B, C, H, W), got ", x.sizes());
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(C > 0 && H > 0 && W > 0, "anm_mask: x has an empty dimension: ", x.sizes());
+  check_activation_peaks_args(fmap, H, W);
+  TORCH_CHECK(fmap.size(0) == B, "anm_mask: fmap has batch size ", fmap.size(0), ", x has ", B);
+  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2,
+              "anm_mask: targets must be (B, N) with N >= 2, got ", targets.sizes());
+  TORCH_CHECK(quality.dim() == 1 && quality.size(0) == B, "anm_mask: quality must be (B,)");
+  TORCH_CHECK(sample_ids.dim() == 1 && sample_ids.size(0) == B,
+              "anm_mask: sample_ids must be (B,)");
+  TORCH_CHECK(seed.numel() == 1, "anm_mask: seed must hold one integer");
+  TORCH_CHECK(uniform_fill || fill_value.numel() == C,
+              "anm_mask: fill_value must hold one value per channel");
+}
+
 // Returns the batch size B.
 inline int64_t check_erase_backward_args(const at::Tensor& grad_erased,
                                          const at::Tensor& grad_targets,

@@ -211,15 +211,38 @@ def convert_sync_bn(net: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return convert(net)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is the sum over ranks of the gradients: each rank's input
+    feeds every rank's output. (torch.distributed.nn.functional.all_reduce does the same but is
+    deprecated from torch 2.6 on; the functional collectives that replace it are not
+    differentiable on every version we support.)"""
+
+    @staticmethod
+    def forward(ctx, t):
+        out = t.clone()
+        td.all_reduce(out, op=td.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        td.all_reduce(grad, op=td.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of `t` over every rank of the default process group."""
+    return _AllReduceSum.apply(t.contiguous())
+
+
 def global_mean(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Mean of `x` over `dim` across the samples of every rank, differentiable (the backward
     all-reduces the gradient): the single-process batch mean of the global batch. Plain
     `x.mean(dim)` when not distributed."""
     if world() == 1:
         return x.mean(dim)
-    from .global_bn import all_reduce_sum
-
-    local = torch.cat([x.sum(dim).reshape(-1),
+    local_sum = x.sum(dim)
+    local = torch.cat([local_sum.reshape(-1),
                        torch.full((1,), x.shape[dim], dtype=x.dtype, device=x.device)])
     total = all_reduce_sum(local)
-    return (total[:-1] / total[-1].detach()).reshape(x.sum(dim).shape)
+    return (total[:-1] / total[-1].detach()).reshape(local_sum.shape)

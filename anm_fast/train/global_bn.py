@@ -6,8 +6,8 @@ BatchNorm layer sees 32 samples instead of 64 and the run is no longer the singl
 with the same global batch. `GlobalBatchNorm` all-reduces the per-channel sums twice per training
 forward (mean first, then the centred sum of squares: the same two-pass arithmetic as one
 process, no E[x^2] - E[x]^2 cancellation) through the autograd-aware
-`all_reduce_sum`, whose backward all-reduces the gradients, so
-every rank's input gradient is the one a single process would compute for its samples.
+`distributed.all_reduce_sum`, whose backward all-reduces the gradients, so every rank's input
+gradient is the one a single process would compute for its samples.
 
 Eval mode, and training outside torch.distributed, are plain BatchNorm. The state_dict keys are
 those of BatchNorm, so checkpoints load into the unconverted model.
@@ -15,32 +15,9 @@ those of BatchNorm, so checkpoints load into the unconverted model.
 from __future__ import annotations
 
 import torch
-import torch.distributed as td
 from torch import nn
 
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward is the sum over ranks of the gradients: each rank's input
-    feeds every rank's output. (torch.distributed.nn.functional.all_reduce does the same but is
-    deprecated from torch 2.6 on; the functional collectives that replace it are not
-    differentiable on every version we support.)"""
-
-    @staticmethod
-    def forward(ctx, t):
-        out = t.clone()
-        td.all_reduce(out, op=td.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        td.all_reduce(grad, op=td.ReduceOp.SUM)
-        return grad
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Differentiable sum of `t` over every rank of the default process group."""
-    return _AllReduceSum.apply(t.contiguous())
+from .distributed import all_reduce_sum, world
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -53,8 +30,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        distributed = td.is_available() and td.is_initialized() and td.get_world_size() > 1
-        if not (self.training and distributed):
+        if not (self.training and world() > 1):
             return super().forward(input)
         C = input.shape[1]
         dims = [0] + list(range(2, input.dim()))

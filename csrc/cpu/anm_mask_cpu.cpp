@@ -64,14 +64,12 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
       if (!cpu::sample_peaks<fmap_t>(plan, fptr + b * fB, K, fK, fH, fW, ws,
                                      a.energy + b * h * w, pmax, pmin))
         ++bad;
-      int64_t* bmax = a.box_max + 4 * b;
-      int64_t* bmin = a.box_min + 4 * b;
       a.ratio[b] = cpu::sample_box_and_fills(a.seed, a.ids[b], a.quality[b], H, W, C, a.params,
-                                             pmax, pmin, a.uniform_fill, a.fill_value, bmax,
-                                             bmin, a.fill_max + b * C, a.fill_min + b * C);
-      const cpu::Box box_max{bmax[0], bmax[1], bmax[0] + bmax[2], bmax[1] + bmax[3]};
-      const cpu::Box box_min{bmin[0], bmin[1], bmin[0] + bmin[2], bmin[1] + bmin[3]};
-      cpu::erase_sample<x_t>(layout, xptr, optr, b, box_max, box_min, a.fill_max + b * C,
+                                             pmax, pmin, a.uniform_fill, a.fill_value,
+                                             a.box_max + 4 * b, a.box_min + 4 * b,
+                                             a.fill_max + b * C, a.fill_min + b * C);
+      cpu::erase_sample<x_t>(layout, xptr, optr, b, cpu::read_box(a.box_max, b),
+                             cpu::read_box(a.box_min, b), a.fill_max + b * C,
                              a.fill_min + b * C);
     }
     if (bad) non_finite += bad;
@@ -100,19 +98,9 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
              double band, double area_lo, double area_hi, double quality_gain, double aspect_lo,
              double area_scale, bool center_anchor, bool uniform_fill,
              const at::Tensor& fill_value_in, double label_gain, bool check_values) {
-  TORCH_CHECK(x.dim() == 4, "anm_mask: x must be (B, C, H, W), got ", x.sizes());
+  check_anm_mask_args(x, fmap, targets, quality_in, sample_ids_in, seed, uniform_fill,
+                      fill_value_in);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  check_activation_peaks_args(fmap, H, W);
-  TORCH_CHECK(fmap.size(0) == B, "anm_mask: fmap has batch size ", fmap.size(0), ", x has ", B);
-  TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2,
-              "anm_mask: targets must be (B, N) with N >= 2, got ", targets.sizes());
-  TORCH_CHECK(quality_in.dim() == 1 && quality_in.size(0) == B, "anm_mask: quality must be (B,)");
-  TORCH_CHECK(sample_ids_in.dim() == 1 && sample_ids_in.size(0) == B,
-              "anm_mask: sample_ids must be (B,)");
-  TORCH_CHECK(seed.numel() == 1, "anm_mask: seed must hold one integer");
-  TORCH_CHECK(C > 0 && H > 0 && W > 0, "anm_mask: x has an empty dimension: ", x.sizes());
-  TORCH_CHECK(uniform_fill || fill_value_in.numel() == C,
-              "anm_mask: fill_value must hold one value per channel");
 
   const at::Tensor quality = quality_in.to(at::kFloat).contiguous();
   const at::Tensor ids = sample_ids_in.to(at::kLong).contiguous();
@@ -122,7 +110,8 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
 
   auto long_opts = x.options().dtype(at::kLong);
   auto float_opts = x.options().dtype(at::kFloat);
-  at::Tensor erased = at::empty({2 * B, C, H, W}, x.options().memory_format(erased_memory_format(x)));
+  at::Tensor erased =
+      at::empty({2 * B, C, H, W}, x.options().memory_format(erased_memory_format(x)));
   at::Tensor targets_out = at::empty({B, targets.size(1)}, targets.options());
   at::Tensor box_max = at::empty({B, 4}, long_opts), box_min = at::empty({B, 4}, long_opts);
   at::Tensor ratio = at::empty({B}, float_opts);
