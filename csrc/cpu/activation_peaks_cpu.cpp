@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../op_checks.h"
 #include "peaks_per_sample.h"
 
@@ -24,10 +26,10 @@ void activation_peaks_kernel(const at::Tensor& fmap, int64_t H, int64_t W, doubl
   const cpu::PeakPlan plan(h, w, H, W, band);
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     cpu::PeakWorkspace<cpu::peak_acc_t<scalar_t>> ws(plan);
-    for (int64_t b = begin; b < end; ++b)
-      // a non-finite energy is reported by the Python layer's value check (it sees `energy`)
-      cpu::sample_peaks<scalar_t>(plan, fptr + b * sB, K, sK, sH, sW, ws, eptr + b * h * w,
-                                  pmax + 2 * b, pmin + 2 * b);
+    // a non-finite energy is reported by the Python layer's value check (it sees `energy`)
+    for (int64_t b = begin; b < end; b += cpu::kEnergyGroup)
+      cpu::group_peaks<scalar_t>(plan, fptr + b * sB, std::min(cpu::kEnergyGroup, end - b), sB, K,
+                                 sK, sH, sW, ws, eptr + b * h * w, pmax + 2 * b, pmin + 2 * b);
   });
 }
 

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 
@@ -55,22 +56,29 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
   x_t* optr = erased.data_ptr<x_t>();
   const cpu::PeakPlan plan(h, w, H, W, band);
   std::atomic<int64_t> non_finite{0};
+  const int64_t P = h * w;
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     cpu::PeakWorkspace<cpu::peak_acc_t<fmap_t>> ws(plan);
     int64_t bad = 0;
-    for (int64_t b = begin; b < end; ++b) {
-      int64_t* pmax = a.peak_max + 2 * b;
-      int64_t* pmin = a.peak_min + 2 * b;
-      if (!cpu::sample_peaks<fmap_t>(plan, fptr + b * fB, K, fK, fH, fW, ws,
-                                     a.energy + b * h * w, pmax, pmin))
-        ++bad;
-      a.ratio[b] = cpu::sample_box_and_fills(a.seed, a.ids[b], a.quality[b], H, W, C, a.params,
-                                             pmax, pmin, a.uniform_fill, a.fill_value,
-                                             a.box_max + 4 * b, a.box_min + 4 * b,
-                                             a.fill_max + b * C, a.fill_min + b * C);
-      cpu::erase_sample<x_t>(layout, xptr, optr, b, cpu::read_box(a.box_max, b),
-                             cpu::read_box(a.box_min, b), a.fill_max + b * C,
-                             a.fill_min + b * C);
+    for (int64_t b0 = begin; b0 < end; b0 += cpu::kEnergyGroup) {
+      // A few samples' energies at once (summed side by side, see vector_kernels.h), then each
+      // sample's peaks, boxes and erased copies.
+      const int64_t G = std::min(cpu::kEnergyGroup, end - b0);
+      cpu::group_energy<fmap_t>(fptr + b0 * fB, G, fB, K, fK, fH, fW, h, w, ws.e.data());
+      for (int64_t b = b0; b < b0 + G; ++b) {
+        int64_t* pmax = a.peak_max + 2 * b;
+        int64_t* pmin = a.peak_min + 2 * b;
+        if (!cpu::peaks_from_energy(plan, ws.e.data() + (b - b0) * P, ws, a.energy + b * P, pmax,
+                                    pmin))
+          ++bad;
+        a.ratio[b] = cpu::sample_box_and_fills(a.seed, a.ids[b], a.quality[b], H, W, C, a.params,
+                                               pmax, pmin, a.uniform_fill, a.fill_value,
+                                               a.box_max + 4 * b, a.box_min + 4 * b,
+                                               a.fill_max + b * C, a.fill_min + b * C);
+        cpu::erase_sample<x_t>(layout, xptr, optr, b, cpu::read_box(a.box_max, b),
+                               cpu::read_box(a.box_min, b), a.fill_max + b * C,
+                               a.fill_min + b * C);
+      }
     }
     if (bad) non_finite += bad;
   });

@@ -11,11 +11,8 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
-
 #include "../anm_common.h"
+#include "vector_kernels.h"
 
 namespace anm_fast {
 namespace cpu {
@@ -81,12 +78,6 @@ void sample_energy(const scalar_t* f, int64_t K, int64_t h, int64_t w, int64_t s
   }
 }
 
-// Pass 1 of the peak search for one sample: the max and min of every resized row, without
-// storing the H x W map. `rows` holds the h source rows resized horizontally to W. A row whose
-// taps repeat the previous row's (the clamped borders) has the same values: its extremes are
-// copied instead of recomputed. On x86-64 the row is interpolated and reduced with SSE: the same
-// IEEE operations per pixel as lerp() (sub, mul, add, no contraction), and max_ps / min_ps
-// compute exactly `v > m ? v : m` / `v < m ? v : m`, so the values are those of the scalar loop.
 // A run of output columns [begin, end) whose bilinear taps read source columns i0 and i1.
 struct ColumnRun {
   int64_t begin, end, i0, i1;
@@ -106,68 +97,6 @@ inline void horizontal_resize(const float* __restrict__ e, int64_t h, int64_t w,
     }
   }
 }
-
-inline void rows_extremes(const float* __restrict__ rows, const LinearTap* row_taps, int64_t H, int64_t W,
-                   float* __restrict__ row_hi, float* __restrict__ row_lo) {
-  for (int64_t i = 0; i < H; ++i) {
-    const LinearTap& t = row_taps[i];
-    if (i > 0) {
-      const LinearTap& p = row_taps[i - 1];
-      const bool same_taps = t.i0 == p.i0 && t.i1 == p.i1 && t.lambda == p.lambda;
-      // lerp(a, a, l) == a: two clamped rows on the same source row are equal too.
-      const bool both_clamped = t.i0 == t.i1 && p.i0 == p.i1 && t.i0 == p.i0;
-      if (same_taps || both_clamped) {
-        row_hi[i] = row_hi[i - 1];
-        row_lo[i] = row_lo[i - 1];
-        continue;
-      }
-    }
-    const float* __restrict__ r0 = rows + t.i0 * W;
-    const float* __restrict__ r1 = rows + t.i1 * W;
-    const float lambda = t.lambda;
-    const float inf = std::numeric_limits<float>::infinity();
-    float hi = -inf, lo = inf;
-    int64_t j = 0;
-#if defined(__SSE2__)
-    {
-      const __m128 vl = _mm_set1_ps(lambda);
-      __m128 mx0 = _mm_set1_ps(-inf), mx1 = mx0, mn0 = _mm_set1_ps(inf), mn1 = mn0;
-      for (; j + 8 <= W; j += 8) {
-        const __m128 a0 = _mm_loadu_ps(r0 + j), b0 = _mm_loadu_ps(r1 + j);
-        const __m128 a1 = _mm_loadu_ps(r0 + j + 4), b1 = _mm_loadu_ps(r1 + j + 4);
-        const __m128 v0 = _mm_add_ps(a0, _mm_mul_ps(_mm_sub_ps(b0, a0), vl));
-        const __m128 v1 = _mm_add_ps(a1, _mm_mul_ps(_mm_sub_ps(b1, a1), vl));
-        mx0 = _mm_max_ps(v0, mx0);
-        mx1 = _mm_max_ps(v1, mx1);
-        mn0 = _mm_min_ps(v0, mn0);
-        mn1 = _mm_min_ps(v1, mn1);
-      }
-      alignas(16) float m[8], n[8];
-      _mm_store_ps(m, mx0);
-      _mm_store_ps(m + 4, mx1);
-      _mm_store_ps(n, mn0);
-      _mm_store_ps(n + 4, mn1);
-      for (int l = 0; l < 8; ++l) {
-        hi = m[l] > hi ? m[l] : hi;
-        lo = n[l] < lo ? n[l] : lo;
-      }
-    }
-#endif
-    for (; j < W; ++j) {
-      const float v = lerp(r0[j], r1[j], lambda);
-      hi = v > hi ? v : hi;
-      lo = v < lo ? v : lo;
-    }
-    row_hi[i] = hi;
-    row_lo[i] = lo;
-  }
-}
-
-struct PeakScan {
-  float hi = -std::numeric_limits<float>::infinity();
-  float lo = std::numeric_limits<float>::infinity();
-  int64_t first_hi = -1, first_lo = -1;
-};
 
 // Everything about the resize that depends only on the shapes: built once per call.
 struct PeakPlan {
@@ -194,30 +123,45 @@ struct PeakPlan {
   }
 };
 
+// Samples whose energies are computed together (group_energy); the scratch buffer holds this many
+// energy maps.
+constexpr int64_t kEnergyGroup = 4;
+
 // Scratch buffers of one thread.
 template <typename acc_t>
 struct PeakWorkspace {
   std::vector<acc_t> e;
-  std::vector<float> rows, line, row_hi, row_lo;
+  std::vector<float> rows, scratch;
   explicit PeakWorkspace(const PeakPlan& p)
-      : e(p.h * p.w), rows(p.h * p.W), line(p.W), row_hi(p.H), row_lo(p.H) {}
+      : e(kEnergyGroup * p.h * p.w), rows(p.h * p.W), scratch(resized_peaks_scratch(p.H)) {}
 };
 
 template <typename scalar_t>
 using peak_acc_t =
     typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
 
-// One sample: writes its h*w normalised energies to `energy` and its peaks, (row, col), to
-// peak_max[0..1] and peak_min[0..1]. Returns false when the energy is not finite (NaN or Inf in
-// the feature map, or squares overflowing float32); the peaks are then meaningless.
+// Raw energies (sum over channels of f^2) of G consecutive samples into e[g * h * w + p]: the wide
+// vector path (vector_kernels.cpp) for fp32 maps whose channel planes are contiguous, the portable
+// loop otherwise. Both add each position's squares in the same order, so the values are the same.
 template <typename scalar_t>
-bool sample_peaks(const PeakPlan& p, const scalar_t* f, int64_t K, int64_t sK, int64_t sH,
-                  int64_t sW, PeakWorkspace<peak_acc_t<scalar_t>>& ws, float* energy,
-                  int64_t* peak_max, int64_t* peak_min) {
-  using acc_t = peak_acc_t<scalar_t>;
+void group_energy(const scalar_t* f, int64_t G, int64_t sB, int64_t K, int64_t sK, int64_t sH,
+                  int64_t sW, int64_t h, int64_t w, peak_acc_t<scalar_t>* e) {
+  if (std::is_same<scalar_t, float>::value && sW == 1 && sH == w &&
+      energy_planes_f32(reinterpret_cast<const float*>(f), G, sB, K, sK, h * w,
+                        reinterpret_cast<float*>(e)))
+    return;
+  for (int64_t g = 0; g < G; ++g)
+    sample_energy<scalar_t, peak_acc_t<scalar_t>>(f + g * sB, K, h, w, sK, sH, sW, e + g * h * w);
+}
+
+// One sample from its raw energies `e`: writes its h*w normalised energies to `energy` and its
+// peaks, (row, col), to peak_max[0..1] and peak_min[0..1]. Returns false when the energy is not
+// finite (NaN or Inf in the feature map, or squares overflowing float32); the peaks are then
+// meaningless.
+template <typename acc_t>
+bool peaks_from_energy(const PeakPlan& p, const acc_t* e, PeakWorkspace<acc_t>& ws,
+                       float* energy, int64_t* peak_max, int64_t* peak_min) {
   const int64_t h = p.h, w = p.w, H = p.H, W = p.W;
-  acc_t* e = ws.e.data();
-  sample_energy<scalar_t, acc_t>(f, K, h, w, sK, sH, sW, e);
   acc_t sq = 0;
   for (int64_t i = 0; i < h * w; ++i) sq += e[i] * e[i];
   acc_t norm = std::sqrt(sq);
@@ -229,49 +173,32 @@ bool sample_peaks(const PeakPlan& p, const scalar_t* f, int64_t K, int64_t sK, i
   }
   horizontal_resize(energy, h, w, W, p.col_runs.data(), static_cast<int64_t>(p.col_runs.size()),
                     p.col_lambda.data(), ws.rows.data());
-  auto resized_row = [&](int64_t i) {
-    const LinearTap& t = p.row_taps[i];
-    const float* r0 = ws.rows.data() + t.i0 * W;
-    const float* r1 = ws.rows.data() + t.i1 * W;
-    for (int64_t j = 0; j < W; ++j) ws.line[j] = lerp(r0[j], r1[j], t.lambda);
-  };
-  // Pass 1: every resized row's max and min (vectorised), then the map's extremes.
-  rows_extremes(ws.rows.data(), p.row_taps.data(), H, W, ws.row_hi.data(), ws.row_lo.data());
-  PeakScan scan;
-  for (int64_t i = 0; i < H; ++i) {
-    if (ws.row_hi[i] > scan.hi) scan.hi = ws.row_hi[i];
-    if (ws.row_lo[i] < scan.lo) scan.lo = ws.row_lo[i];
-  }
-  // Pass 2: the peak is the first row-major pixel at or beyond the threshold (the extreme itself
-  // when band = 0, so the first occurrence of the max / min). Only the first row whose extreme
-  // reaches the threshold is recomputed and scanned.
-  float thr_hi = scan.hi, thr_lo = scan.lo;
-  if (p.band > 0.f) {
-    const float spread = (scan.hi - scan.lo) * p.band;
-    thr_hi = scan.hi - spread;
-    thr_lo = scan.lo + spread;
-  }
-  scan.first_hi = 0;
-  scan.first_lo = 0;
-  for (int64_t i = 0; i < H; ++i)
-    if (ws.row_hi[i] >= thr_hi) {
-      resized_row(i);
-      for (int64_t j = 0; j < W; ++j)
-        if (ws.line[j] >= thr_hi) { scan.first_hi = i * W + j; break; }
-      break;
-    }
-  for (int64_t i = 0; i < H; ++i)
-    if (ws.row_lo[i] <= thr_lo) {
-      resized_row(i);
-      for (int64_t j = 0; j < W; ++j)
-        if (ws.line[j] <= thr_lo) { scan.first_lo = i * W + j; break; }
-      break;
-    }
-  peak_max[0] = scan.first_hi / W;
-  peak_max[1] = scan.first_hi % W;
-  peak_min[0] = scan.first_lo / W;
-  peak_min[1] = scan.first_lo % W;
+  // Both passes of the peak search (max and min of the map, then the first pixel at the
+  // threshold), without storing the H x W map: vector_kernels.cpp.
+  int64_t first_hi = 0, first_lo = 0;
+  resized_peaks(ws.rows.data(), p.row_taps.data(), H, W, p.band, ws.scratch.data(), &first_hi,
+                &first_lo);
+  peak_max[0] = first_hi / W;
+  peak_max[1] = first_hi % W;
+  peak_min[0] = first_lo / W;
+  peak_min[1] = first_lo % W;
   return finite;
+}
+
+// Stage 1 for samples [0, G) (G <= kEnergyGroup) at f + g * sB: energies, then each sample's peaks
+// (arrays indexed by g). Returns how many samples have a non-finite energy.
+template <typename scalar_t>
+int64_t group_peaks(const PeakPlan& p, const scalar_t* f, int64_t G, int64_t sB, int64_t K,
+                    int64_t sK, int64_t sH, int64_t sW, PeakWorkspace<peak_acc_t<scalar_t>>& ws,
+                    float* energy, int64_t* peak_max, int64_t* peak_min) {
+  const int64_t P = p.h * p.w;
+  group_energy<scalar_t>(f, G, sB, K, sK, sH, sW, p.h, p.w, ws.e.data());
+  int64_t bad = 0;
+  for (int64_t g = 0; g < G; ++g)
+    if (!peaks_from_energy(p, ws.e.data() + g * P, ws, energy + g * P, peak_max + 2 * g,
+                           peak_min + 2 * g))
+      ++bad;
+  return bad;
 }
 
 }  // namespace cpu
