@@ -239,6 +239,59 @@ def _use_fused_cpu_op(x: torch.Tensor, targets: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and (x.requires_grad or targets.requires_grad))
 
 
+def _fused_op_args(config: ANMConfig, C: int) -> tuple:
+    """The fused op's config arguments (band ... label_gain, fill tensor in place), per config and
+    channel count: cached, since working them out costs more than a CPU call's Python budget."""
+    if chk.compiling():
+        return _fused_op_args_cached.__wrapped__(config, C)
+    try:
+        return _fused_op_args_cached(config, C)
+    except TypeError:  # an unhashable config (a list of fill values): not cached
+        return _fused_op_args_cached.__wrapped__(config, C)
+
+
+@functools.lru_cache(maxsize=64)
+def _fused_op_args_cached(config: ANMConfig, C: int) -> tuple:
+    uniform, values = config.fill_values(C)
+    return (float(config.band), float(config.area_lo), float(config.area_hi),
+            float(config.quality_gain), float(config.aspect_lo), float(config.area_scale),
+            config.anchor == "center", uniform, _fill_tensor(values), float(config.label_gain))
+
+
+_Tensor = torch.Tensor
+
+
+def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
+    """The training loop's CPU call in as little Python as possible: CPU tensors, soft float
+    targets and quality, no gradients. After a call that streamed tens of MB through the caches
+    every line of Python runs cold (~1 us per check), so here the fused op itself checks shapes
+    and dtypes. Returns None when the call is not of that form, or when anything fails: the
+    general path then names the bad argument (or raises the op's error again)."""
+    if not (type(x) is _Tensor and type(fmap) is _Tensor and type(targets) is _Tensor
+            and type(quality) is _Tensor and x.device.type == "cpu"
+            and targets.dtype.is_floating_point and quality.dtype.is_floating_point
+            and not (x.requires_grad or fmap.requires_grad or targets.requires_grad
+                     or quality.requires_grad)):
+        return None
+    if sample_ids is not None and (type(sample_ids) is not _Tensor
+                                   or sample_ids.dtype.is_floating_point
+                                   or sample_ids.dtype.is_complex
+                                   or sample_ids.dtype == torch.bool):
+        return None
+    if chk.compiling() or not _ext.has_extension():
+        return None
+    try:
+        if x.dim() != 4:
+            return None
+        ids = _cpu_arange(x.shape[0]) if sample_ids is None else sample_ids
+        seed_t = _seed_tensor(seed, "cpu")
+        out = ops.anm_mask(x, fmap, targets, quality, ids, seed_t,
+                           *_fused_op_args(config, x.shape[1]), chk.value_checks_active())
+    except Exception:  # noqa: BLE001 - the general path reports it
+        return None
+    return MaskBatch(*out, seed_t)
+
+
 def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality, *,
              config: Optional[ANMConfig] = None, seed=None,
              sample_ids: Optional[torch.Tensor] = None,
@@ -247,6 +300,10 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
     and modulated targets. `targets` may be soft (B, N) or class indices (B,) with num_classes=.
     `seed=None` draws a seed from torch's default generator (torch.manual_seed repeats runs)."""
     config = _config(config)
+    if num_classes is None:
+        fast = _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids)
+        if fast is not None:
+            return fast
     x = chk.float_tensor(x, "x", 4, "(B, C, H, W) images")
     fmap = chk.float_tensor(fmap, "fmap", 4, "(B, K, h, w)")
     if 0 in fmap.shape[1:]:
@@ -263,14 +320,8 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
         # ops below, with the quality and energy checks made inside the kernel.
         if labels is not None:
             chk.check_values(labels=labels, num_classes=n)
-        uniform, values = config.fill_values(C)
         out = ops.anm_mask(x, fmap.detach() if fmap.requires_grad else fmap, t, q, ids, seed_t,
-                           float(config.band),
-                           float(config.area_lo), float(config.area_hi),
-                           float(config.quality_gain), float(config.aspect_lo),
-                           float(config.area_scale), config.anchor == "center", uniform,
-                           _fill_tensor(values), float(config.label_gain),
-                           chk.value_checks_active())
+                           *_fused_op_args(config, C), chk.value_checks_active())
         return MaskBatch(*out, seed_t)
     # Otherwise the three ops: arguments are checked once here, and every value check of the call
     # (labels, quality, finite energy) costs one host read together. The peaks come from our own

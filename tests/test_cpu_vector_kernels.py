@@ -12,6 +12,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import anm_fast
 from anm_fast import reference as R
@@ -102,6 +104,23 @@ def test_peaks_of_plateaus_and_constant_maps():
         want_max, want_min = R.peaks_of_map(R.bilinear_resize(energy, H, W), 0.0)
         assert torch.equal(pmax, want_max) and torch.equal(pmin, want_min)
         assert pmax[2].tolist() == [0, 0] and pmin[2].tolist() == [0, 0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=st.integers(1, 20), w=st.integers(1, 20), H=st.integers(1, 70), W=st.integers(1, 70),
+       band=st.sampled_from([0.0, 0.01, 0.3, 0.9]), levels=st.sampled_from([0, 2, 3]),
+       seed=st.integers(0, 2**16))
+def test_peaks_any_resize(h, w, H, W, band, levels, seed):
+    # Up- and downsampling, odd ratios, scalar tails; `levels` > 0 quantises the feature map so
+    # that many pixels tie exactly (the first occurrence must still win).
+    g = torch.Generator().manual_seed(seed)
+    fmap = torch.rand(3, 5, h, w, generator=g)
+    if levels:
+        fmap = torch.floor(fmap * levels) / levels
+    pmax, pmin, energy = ops.activation_peaks(fmap, H, W, band)
+    want_max, want_min = R.peaks_of_map(R.bilinear_resize(energy, H, W), band)
+    assert torch.equal(pmax, want_max)
+    assert torch.equal(pmin, want_min)
 
 
 _ISA_SCRIPT = r"""

@@ -103,6 +103,7 @@ struct PeakPlan {
   int64_t h, w, H, W;
   float band;
   std::vector<LinearTap> row_taps;
+  std::vector<RowRun> row_runs;     // output rows sharing the same two source rows
   std::vector<ColumnRun> col_runs;  // output columns sharing the same two source columns
   std::vector<float> col_lambda;
 
@@ -110,6 +111,7 @@ struct PeakPlan {
       : h(h_), w(w_), H(H_), W(W_), band(static_cast<float>(band_)), row_taps(H_),
         col_lambda(W_) {
     for (int64_t i = 0; i < H; ++i) row_taps[i] = linear_tap(i, h, H);
+    row_runs = cpu::row_runs(row_taps.data(), H);
     // The horizontal pass broadcasts the two source values over each run (vectorised) instead
     // of gathering per column.
     for (int64_t j = 0; j < W; ++j) {
@@ -133,7 +135,8 @@ struct PeakWorkspace {
   std::vector<acc_t> e;
   std::vector<float> rows, scratch;
   explicit PeakWorkspace(const PeakPlan& p)
-      : e(kEnergyGroup * p.h * p.w), rows(p.h * p.W), scratch(resized_peaks_scratch(p.H)) {}
+      : e(kEnergyGroup * p.h * p.w), rows(p.h * p.W),
+        scratch(resized_peaks_scratch(static_cast<int64_t>(p.row_runs.size()))) {}
 };
 
 template <typename scalar_t>
@@ -161,7 +164,7 @@ void group_energy(const scalar_t* f, int64_t G, int64_t sB, int64_t K, int64_t s
 template <typename acc_t>
 bool peaks_from_energy(const PeakPlan& p, const acc_t* e, PeakWorkspace<acc_t>& ws,
                        float* energy, int64_t* peak_max, int64_t* peak_min) {
-  const int64_t h = p.h, w = p.w, H = p.H, W = p.W;
+  const int64_t h = p.h, w = p.w, W = p.W;
   acc_t sq = 0;
   for (int64_t i = 0; i < h * w; ++i) sq += e[i] * e[i];
   acc_t norm = std::sqrt(sq);
@@ -176,7 +179,8 @@ bool peaks_from_energy(const PeakPlan& p, const acc_t* e, PeakWorkspace<acc_t>& 
   // Both passes of the peak search (max and min of the map, then the first pixel at the
   // threshold), without storing the H x W map: vector_kernels.cpp.
   int64_t first_hi = 0, first_lo = 0;
-  resized_peaks(ws.rows.data(), p.row_taps.data(), H, W, p.band, ws.scratch.data(), &first_hi,
+  resized_peaks(ws.rows.data(), p.row_taps.data(), p.row_runs.data(),
+                static_cast<int64_t>(p.row_runs.size()), W, p.band, ws.scratch.data(), &first_hi,
                 &first_lo);
   peak_max[0] = first_hi / W;
   peak_max[1] = first_hi % W;

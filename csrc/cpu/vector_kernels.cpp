@@ -11,6 +11,10 @@
 #include <limits>
 #include <string>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #if defined(__GNUC__)
 #define ANM_FAST_VECTOR_TYPES 1
 // Vectors wider than the baseline are passed only between always-inline functions that end up
@@ -33,254 +37,105 @@ typedef float v16f __attribute__((vector_size(64)));
 
 constexpr int64_t kMaxLanes = 16;
 
-template <typename V>
-constexpr int lanes() {
-  return static_cast<int>(sizeof(V) / sizeof(float));
-}
+// Bit l of a mask is set where lane l is >= t (resp. <= t); NaN lanes never are, as in the scalar
+// code. These are the only ISA-specific lines: the rest is vector_kernels_impl.h.
+#define ANM_SCALAR_MASKS                                                      \
+  ANM_INLINE uint32_t mask_ge(float v, float t) { return v >= t ? 1u : 0u; } \
+  ANM_INLINE uint32_t mask_le(float v, float t) { return v <= t ? 1u : 0u; }
 
-template <typename V>
-ANM_INLINE V load(const float* p) {  // unaligned
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
+#if defined(ANM_FAST_VECTOR_TYPES) && defined(__x86_64__)
+namespace isa_baseline {  // SSE2, every x86-64 CPU
+typedef v4f Vec;
+ANM_SCALAR_MASKS
+ANM_INLINE uint32_t mask_ge(v4f v, float t) {
+  return static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpge_ps(v, _mm_set1_ps(t))));
 }
+ANM_INLINE uint32_t mask_le(v4f v, float t) {
+  return static_cast<uint32_t>(_mm_movemask_ps(_mm_cmple_ps(v, _mm_set1_ps(t))));
+}
+#include "vector_kernels_impl.h"
+}  // namespace isa_baseline
 
-// A constant in every lane. (Vector-scalar arithmetic broadcasts a run-time scalar; a run-time
-// splat written like this makes GCC 12 build the vector lane by lane.)
-template <typename V>
-ANM_INLINE V splat(float x) {
-  return x - V{};  // x - (+0) is x for every x
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+namespace isa_avx2 {
+typedef v8f Vec;
+ANM_SCALAR_MASKS
+ANM_INLINE uint32_t mask_ge(v8f v, float t) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_GE_OQ)));
 }
-
-// `v > m ? v : m` and `v < m ? v : m` lane by lane: the scalar loops' comparisons.
-template <typename V>
-ANM_INLINE V vmax(V v, V m) {
-  return v > m ? v : m;
+ANM_INLINE uint32_t mask_le(v8f v, float t) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_LE_OQ)));
 }
-template <typename V>
-ANM_INLINE V vmin(V v, V m) {
-  return v < m ? v : m;
-}
-
-// Lanes reduced by halving: the same max / min value as a sequential scan (see the header).
-ANM_INLINE float reduce_max(float v) { return v; }
-ANM_INLINE float reduce_min(float v) { return v; }
-#if defined(ANM_FAST_VECTOR_TYPES)
-ANM_INLINE float reduce_max(v4f v) {
-  float m = v[0];
-  for (int i = 1; i < 4; ++i) m = v[i] > m ? v[i] : m;
-  return m;
-}
-ANM_INLINE float reduce_min(v4f v) {
-  float m = v[0];
-  for (int i = 1; i < 4; ++i) m = v[i] < m ? v[i] : m;
-  return m;
-}
-template <typename V, typename Half>
-ANM_INLINE void halves(V v, Half* a, Half* b) {
-  std::memcpy(a, &v, sizeof(Half));
-  std::memcpy(b, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
-}
-ANM_INLINE float reduce_max(v8f v) {
-  v4f a, b;
-  halves(v, &a, &b);
-  return reduce_max(vmax(b, a));
-}
-ANM_INLINE float reduce_min(v8f v) {
-  v4f a, b;
-  halves(v, &a, &b);
-  return reduce_min(vmin(b, a));
-}
-ANM_INLINE float reduce_max(v16f v) {
-  v8f a, b;
-  halves(v, &a, &b);
-  return reduce_max(vmax(b, a));
-}
-ANM_INLINE float reduce_min(v16f v) {
-  v8f a, b;
-  halves(v, &a, &b);
-  return reduce_min(vmin(b, a));
-}
+#include "vector_kernels_impl.h"
+}  // namespace isa_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
 #endif
 
-// ------------------------------------------------------------------------------ energies
-// Sums chunks off[0..NC) (16 positions each) of G samples over all K channels, with the G * NC
-// partial sums held in registers for the whole channel loop. A chunk may overlap the previous one
-// (the last chunk of a plane starts at P - 16): its overlapping lanes compute the same operations
-// on the same values, so writing them twice is harmless.
-template <typename V, int NC, int G>
-ANM_INLINE void energy_block(const float* f, int64_t sB, int64_t K, int64_t sK,
-                             const int64_t* off, int64_t P, float* e) {
-  constexpr int kVec = 16 / lanes<V>();  // vectors per 16-position chunk
-  V acc[G][NC][kVec];
-  for (int g = 0; g < G; ++g)
-    for (int c = 0; c < NC; ++c)
-      for (int v = 0; v < kVec; ++v) acc[g][c][v] = V{};
-  for (int64_t k = 0; k < K; ++k) {
-    const float* fk = f + k * sK;
-    for (int g = 0; g < G; ++g)
-      for (int c = 0; c < NC; ++c)
-        for (int v = 0; v < kVec; ++v) {
-          const V x = load<V>(fk + g * sB + off[c] + v * lanes<V>());
-          acc[g][c][v] += x * x;  // multiply, then add: -ffp-contract=off keeps them separate
-        }
-  }
-  for (int g = 0; g < G; ++g)
-    for (int c = 0; c < NC; ++c)
-      for (int v = 0; v < kVec; ++v)
-        std::memcpy(e + g * P + off[c] + v * lanes<V>(), &acc[g][c][v], sizeof(V));
+// The AVX-512 subsets every AVX-512 server CPU since Skylake has (with AVX512F alone GCC builds a
+// broadcast lane by lane).
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw")
+#endif
+namespace isa_avx512 {
+typedef v16f Vec;
+ANM_SCALAR_MASKS
+ANM_INLINE uint32_t mask_ge(v16f v, float t) {
+  return _mm512_cmp_ps_mask(v, _mm512_set1_ps(t), _CMP_GE_OQ);
 }
+ANM_INLINE uint32_t mask_le(v16f v, float t) {
+  return _mm512_cmp_ps_mask(v, _mm512_set1_ps(t), _CMP_LE_OQ);
+}
+#include "vector_kernels_impl.h"
+}  // namespace isa_avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 
-// One sample's chunks, four at a time (a plane of more than 64 positions is read once per group).
-template <typename V>
-ANM_INLINE void energy_one_sample(const float* f, int64_t K, int64_t sK, const int64_t* off,
-                                  int64_t nc, int64_t P, float* e) {
-  int64_t c = 0;
-  for (; c + 4 <= nc; c += 4) energy_block<V, 4, 1>(f, 0, K, sK, off + c, P, e);
-  switch (nc - c) {
-    case 3: energy_block<V, 3, 1>(f, 0, K, sK, off + c, P, e); break;
-    case 2: energy_block<V, 2, 1>(f, 0, K, sK, off + c, P, e); break;
-    case 1: energy_block<V, 1, 1>(f, 0, K, sK, off + c, P, e); break;
-    default: break;
-  }
+#elif defined(ANM_FAST_VECTOR_TYPES)
+namespace isa_baseline {  // 4 lanes (NEON on aarch64)
+typedef v4f Vec;
+ANM_SCALAR_MASKS
+ANM_INLINE uint32_t mask_ge(v4f v, float t) {
+  uint32_t m = 0;
+  for (int l = 0; l < 4; ++l) m |= (v[l] >= t ? 1u : 0u) << l;
+  return m;
 }
+ANM_INLINE uint32_t mask_le(v4f v, float t) {
+  uint32_t m = 0;
+  for (int l = 0; l < 4; ++l) m |= (v[l] <= t ? 1u : 0u) << l;
+  return m;
+}
+#include "vector_kernels_impl.h"
+}  // namespace isa_baseline
 
-// Enough independent sums for the vector units: four samples side by side when a plane is one
-// chunk (the CIFAR case, 4 x 4), two when it is two chunks, else one sample at a time.
-template <typename V>
-ANM_INLINE void energy_planes(const float* f, int64_t G, int64_t sB, int64_t K, int64_t sK,
-                              int64_t P, float* e) {
-  const int64_t nc = (P + 15) / 16;
-  int64_t off_buf[64];
-  int64_t* off = nc <= 64 ? off_buf : new int64_t[nc];
-  for (int64_t c = 0; c < nc; ++c) off[c] = c + 1 < nc ? c * 16 : P - 16;
-  int64_t g = 0;
-  if (nc == 1 && lanes<V>() == 4) {  // 16 accumulators would not leave SSE registers free
-    for (; g + 2 <= G; g += 2) energy_block<V, 1, 2>(f + g * sB, sB, K, sK, off, P, e + g * P);
-  } else if (nc == 1) {
-    for (; g + 4 <= G; g += 4) energy_block<V, 1, 4>(f + g * sB, sB, K, sK, off, P, e + g * P);
-  } else if (nc == 2) {
-    for (; g + 2 <= G; g += 2) energy_block<V, 2, 2>(f + g * sB, sB, K, sK, off, P, e + g * P);
-  }
-  for (; g < G; ++g) energy_one_sample<V>(f + g * sB, K, sK, off, nc, P, e + g * P);
-  if (off != off_buf) delete[] off;
-}
-
-// ------------------------------------------------------------------------------ peak search
-// Row i of the resize repeats row i - 1 (same values): same taps, or both clamped to one row.
-ANM_INLINE bool repeats_previous_row(const LinearTap* taps, int64_t i) {
-  if (i == 0) return false;
-  const LinearTap& t = taps[i];
-  const LinearTap& p = taps[i - 1];
-  const bool same_taps = t.i0 == p.i0 && t.i1 == p.i1 && t.lambda == p.lambda;
-  const bool both_clamped = t.i0 == t.i1 && p.i0 == p.i1 && t.i0 == p.i0;  // lerp(a, a, l) == a
-  return same_taps || both_clamped;
-}
-
-// Pass 1 takes each row's lane-wise max and min vectors (no reduction per row) and the map's
-// extremes; pass 2 reduces rows only until the first one that reaches the threshold, and scans
-// that row for its first pixel. Columns past the last full vector are a scalar tail.
-template <typename V>
-ANM_INLINE void resized_peaks_v(const float* rows, const LinearTap* taps, int64_t H, int64_t W,
-                                float band, float* scratch, int64_t* first_hi,
-                                int64_t* first_lo) {
-  constexpr int L = lanes<V>();
-  const float inf = std::numeric_limits<float>::infinity();
-  const int64_t nv = W / L, jt = nv * L;
-  float* row_hi = scratch;           // H x L: lane-wise max of each row's vector part
-  float* row_lo = row_hi + H * L;    // H x L: lane-wise min
-  float* tail_hi = row_lo + H * L;   // H: max of each row's scalar tail
-  float* tail_lo = tail_hi + H;      // H
-  V ghi = splat<V>(-inf), glo = splat<V>(inf);
-  float thi = -inf, tlo = inf;
-  for (int64_t i = 0; i < H; ++i) {
-    if (repeats_previous_row(taps, i)) continue;
-    const float* r0 = rows + taps[i].i0 * W;
-    const float* r1 = rows + taps[i].i1 * W;
-    const float l = taps[i].lambda;
-    V mx = splat<V>(-inf), mn = splat<V>(inf);
-    for (int64_t k = 0; k < nv; ++k) {
-      const V a = load<V>(r0 + k * L), b = load<V>(r1 + k * L);
-      const V v = a + (b - a) * l;  // lerp(), lane by lane
-      mx = vmax(v, mx);
-      mn = vmin(v, mn);
-    }
-    std::memcpy(row_hi + i * L, &mx, sizeof(V));
-    std::memcpy(row_lo + i * L, &mn, sizeof(V));
-    ghi = vmax(mx, ghi);
-    glo = vmin(mn, glo);
-    float th = -inf, tl = inf;
-    for (int64_t j = jt; j < W; ++j) {
-      const float v = lerp(r0[j], r1[j], l);
-      th = v > th ? v : th;
-      tl = v < tl ? v : tl;
-    }
-    tail_hi[i] = th;
-    tail_lo[i] = tl;
-    thi = th > thi ? th : thi;
-    tlo = tl < tlo ? tl : tlo;
-  }
-  float hi = reduce_max(ghi), lo = reduce_min(glo);
-  hi = thi > hi ? thi : hi;
-  lo = tlo < lo ? tlo : lo;
-  // The peak is the first row-major pixel at or beyond the threshold (the extreme itself when
-  // band = 0, so the first occurrence of the max / min).
-  float thr_hi = hi, thr_lo = lo;
-  if (band > 0.f) {
-    const float spread = (hi - lo) * band;
-    thr_hi = hi - spread;
-    thr_lo = lo + spread;
-  }
-  *first_hi = 0;
-  *first_lo = 0;
-  bool found_hi = false, found_lo = false;
-  for (int64_t i = 0; i < H && !(found_hi && found_lo); ++i) {
-    if (repeats_previous_row(taps, i)) continue;  // cannot hold the first pixel
-    const float* r0 = rows + taps[i].i0 * W;
-    const float* r1 = rows + taps[i].i1 * W;
-    const float l = taps[i].lambda;
-    if (!found_hi && (reduce_max(load<V>(row_hi + i * L)) >= thr_hi || tail_hi[i] >= thr_hi)) {
-      for (int64_t j = 0; j < W; ++j)
-        if (lerp(r0[j], r1[j], l) >= thr_hi) { *first_hi = i * W + j; break; }
-      found_hi = true;
-    }
-    if (!found_lo && (reduce_min(load<V>(row_lo + i * L)) <= thr_lo || tail_lo[i] <= thr_lo)) {
-      for (int64_t j = 0; j < W; ++j)
-        if (lerp(r0[j], r1[j], l) <= thr_lo) { *first_lo = i * W + j; break; }
-      found_lo = true;
-    }
-  }
-}
+#else
+namespace isa_baseline {  // no vector extensions: plain floats
+typedef float Vec;
+ANM_SCALAR_MASKS
+#include "vector_kernels_impl.h"
+}  // namespace isa_baseline
+#endif
 
 // ------------------------------------------------------------------------------ per-ISA builds
 struct Kernels {
   void (*energy)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
-  void (*peaks)(const float*, const LinearTap*, int64_t, int64_t, float, float*, int64_t*,
-                int64_t*);
+  void (*peaks)(const float*, const LinearTap*, const RowRun*, int64_t, int64_t, float, float*,
+                int64_t*, int64_t*);
 };
-
-#define ANM_DEFINE_KERNELS(NAME, TARGET, V)                                                   \
-  TARGET void NAME##_energy(const float* f, int64_t G, int64_t sB, int64_t K, int64_t sK,     \
-                            int64_t P, float* e) {                                            \
-    energy_planes<V>(f, G, sB, K, sK, P, e);                                                  \
-  }                                                                                           \
-  TARGET void NAME##_peaks(const float* rows, const LinearTap* taps, int64_t H, int64_t W,    \
-                           float band, float* scratch, int64_t* first_hi, int64_t* first_lo) { \
-    resized_peaks_v<V>(rows, taps, H, W, band, scratch, first_hi, first_lo);                  \
-  }
-
-#define ANM_NO_TARGET
-#if defined(ANM_FAST_VECTOR_TYPES)
-ANM_DEFINE_KERNELS(baseline, ANM_NO_TARGET, v4f)
-#else
-ANM_DEFINE_KERNELS(baseline, ANM_NO_TARGET, float)
-#endif
-#if defined(ANM_FAST_VECTOR_TYPES) && defined(__x86_64__)
-ANM_DEFINE_KERNELS(avx2, __attribute__((target("avx2"))), v8f)
-// The AVX-512 subsets every AVX-512 server CPU since Skylake has (with AVX512F alone GCC builds a
-// broadcast lane by lane).
-ANM_DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))), v16f)
-#endif
 
 Kernels pick_kernels() {
 #if defined(ANM_FAST_VECTOR_TYPES) && defined(__x86_64__)
@@ -290,10 +145,10 @@ Kernels pick_kernels() {
   if (cap != "default" && cap != "avx2" && __builtin_cpu_supports("avx512f") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512bw"))
-    return Kernels{avx512_energy, avx512_peaks};
-  if (cap != "default" && __builtin_cpu_supports("avx2")) return Kernels{avx2_energy, avx2_peaks};
+    return Kernels{isa_avx512::energy, isa_avx512::peaks};
+  if (cap != "default" && __builtin_cpu_supports("avx2")) return Kernels{isa_avx2::energy, isa_avx2::peaks};
 #endif
-  return Kernels{baseline_energy, baseline_peaks};
+  return Kernels{isa_baseline::energy, isa_baseline::peaks};
 }
 
 const Kernels& kernels() {
@@ -315,11 +170,29 @@ bool energy_planes_f32(const float* f, int64_t G, int64_t sB, int64_t K, int64_t
 #endif
 }
 
-int64_t resized_peaks_scratch(int64_t H) { return 2 * H * kMaxLanes + 2 * H; }
+std::vector<RowRun> row_runs(const LinearTap* taps, int64_t H) {
+  std::vector<RowRun> runs;
+  for (int64_t i = 0; i < H; ++i) {
+    const LinearTap& t = taps[i];
+    if (!runs.empty()) {
+      RowRun& run = runs.back();
+      const LinearTap& prev = taps[run.last];
+      if (t.i0 == run.i0 && t.i1 == run.i1 && t.lambda >= prev.lambda) {
+        run.last = i;
+        continue;
+      }
+    }
+    runs.push_back(RowRun{i, i, t.i0, t.i1});
+  }
+  return runs;
+}
 
-void resized_peaks(const float* rows, const LinearTap* row_taps, int64_t H, int64_t W, float band,
-                   float* scratch, int64_t* first_hi, int64_t* first_lo) {
-  kernels().peaks(rows, row_taps, H, W, band, scratch, first_hi, first_lo);
+int64_t resized_peaks_scratch(int64_t n_runs) { return 2 * n_runs * kMaxLanes + 2 * n_runs; }
+
+void resized_peaks(const float* rows, const LinearTap* row_taps, const RowRun* runs,
+                   int64_t n_runs, int64_t W, float band, float* scratch, int64_t* first_hi,
+                   int64_t* first_lo) {
+  kernels().peaks(rows, row_taps, runs, n_runs, W, band, scratch, first_hi, first_lo);
 }
 
 }  // namespace cpu

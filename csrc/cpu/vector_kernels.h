@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "../anm_common.h"
 
@@ -23,15 +24,24 @@ namespace cpu {
 bool energy_planes_f32(const float* f, int64_t G, int64_t sB, int64_t K, int64_t sK, int64_t P,
                        float* e);
 
-// The peaks of one sample's bilinear resize to H x W, from `rows`, its h source rows already
-// resized horizontally to W columns, and the output rows' taps: the first row-major pixel at or
+// Consecutive output rows [first, last] of a bilinear resize that read the same two source rows
+// (i0, i1) with non-decreasing weights: see vector_kernels_impl.h for what the peak search gets
+// from them. Worked out once per shape by row_runs().
+struct RowRun {
+  int64_t first, last, i0, i1;
+};
+std::vector<RowRun> row_runs(const LinearTap* row_taps, int64_t H);
+
+// The peaks of one sample's bilinear resize, from `rows`, its h source rows already resized
+// horizontally to W columns, and the output rows' taps and runs: the first row-major pixel at or
 // above max - band * (max - min) (the first maximum when band = 0) into *first_hi, and the first at
 // or below min + band * (max - min) into *first_lo (0 when nothing qualifies: non-finite energies).
 // The values compared are exactly lerp()'s, so the result is that of a scalar scan of the map.
-// `scratch` holds resized_peaks_scratch(H) floats.
-void resized_peaks(const float* rows, const LinearTap* row_taps, int64_t H, int64_t W, float band,
-                   float* scratch, int64_t* first_hi, int64_t* first_lo);
-int64_t resized_peaks_scratch(int64_t H);
+// `scratch` holds resized_peaks_scratch(n_runs) floats.
+void resized_peaks(const float* rows, const LinearTap* row_taps, const RowRun* runs,
+                   int64_t n_runs, int64_t W, float band, float* scratch, int64_t* first_hi,
+                   int64_t* first_lo);
+int64_t resized_peaks_scratch(int64_t n_runs);
 
 }  // namespace cpu
 }  // namespace anm_fast
