@@ -269,11 +269,14 @@ def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
     general path then names the bad argument (or raises the op's error again)."""
     if not (type(x) is _Tensor and type(fmap) is _Tensor and type(targets) is _Tensor
             and type(quality) is _Tensor and x.device.type == "cpu"
+            and fmap.device.type == "cpu" and targets.device.type == "cpu"
+            and quality.device.type == "cpu"
             and targets.dtype.is_floating_point and quality.dtype.is_floating_point
             and not (x.requires_grad or fmap.requires_grad or targets.requires_grad
                      or quality.requires_grad)):
         return None
     if sample_ids is not None and (type(sample_ids) is not _Tensor
+                                   or sample_ids.device.type != "cpu"
                                    or sample_ids.dtype.is_floating_point
                                    or sample_ids.dtype.is_complex
                                    or sample_ids.dtype == torch.bool):
