@@ -26,7 +26,7 @@ SCHEMAS = {
                 "Tensor fill_value, float label_gain, bool check_values) -> "
                 "(Tensor erased, Tensor targets_out, Tensor box_max, Tensor box_min, "
                 "Tensor ratio, Tensor fill_max, Tensor fill_min, Tensor peak_max, "
-                "Tensor peak_min, Tensor energy)",
+                "Tensor peak_min, Tensor energy, Tensor seed_out)",
     "activation_peaks": "(Tensor fmap, int height, int width, float band) -> "
                         "(Tensor peak_max, Tensor peak_min, Tensor energy)",
     "sample_boxes": "(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
@@ -106,7 +106,7 @@ if _ext.has_extension():
                                    sample_ids, seed, 0, 0, C, area_lo, area_hi, quality_gain,
                                    aspect_lo, area_scale, center_anchor, uniform_fill, fill_value)
         peaks = _activation_peaks_fake(fmap, 0, 0, band)
-        return (erased, targets_out, *boxes, *peaks)
+        return (erased, targets_out, *boxes, *peaks, x.new_empty((), dtype=torch.int64))
 
 
 # ---------------------------------------------------------------------------------------- autograd

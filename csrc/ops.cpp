@@ -32,13 +32,16 @@ TORCH_LIBRARY(anm_fast, m) {
         "(Tensor erased, Tensor targets_out)");
   // Stages 1-3 in one call (activation_peaks -> sample_boxes -> erase_and_modulate, the same
   // results), with the value checks of the Python API when check_values. Not differentiable: the
-  // Python API uses it when no input needs a gradient, the three ops otherwise.
+  // Python API uses it when no input needs a gradient, the three ops otherwise. seed_out is a
+  // 0-d int64 copy of the seed (the one MaskBatch hands back: made here, it costs the Python
+  // layer no tensor creation of its own).
   m.def("anm_mask(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor sample_ids, "
         "Tensor seed, float band, float area_lo, float area_hi, float quality_gain, "
         "float aspect_lo, float area_scale, bool center_anchor, bool uniform_fill, "
         "Tensor fill_value, float label_gain, bool check_values) -> "
         "(Tensor erased, Tensor targets_out, Tensor box_max, Tensor box_min, Tensor ratio, "
-        "Tensor fill_max, Tensor fill_min, Tensor peak_max, Tensor peak_min, Tensor energy)");
+        "Tensor fill_max, Tensor fill_min, Tensor peak_max, Tensor peak_min, Tensor energy, "
+        "Tensor seed_out)");
   m.def("erase_and_modulate_backward(Tensor grad_erased, Tensor grad_targets, Tensor targets, "
         "Tensor box_max, Tensor box_min, Tensor ratio, float label_gain) -> "
         "(Tensor grad_x, Tensor grad_targets_in)");

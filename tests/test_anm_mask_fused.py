@@ -34,7 +34,7 @@ def _three_ops(x, fmap, t, q, ids, seed, config):
     boxes = ops.sample_boxes(pmax, pmin, q, ids, a[5], H, W, C, *a[7:15])
     erased, t_out = ops.erase_and_modulate(x, t, boxes[0], boxes[1], boxes[3], boxes[4],
                                            boxes[2], a[15])
-    return (erased, t_out, *boxes, pmax, pmin, energy)
+    return (erased, t_out, *boxes, pmax, pmin, energy, a[5].clone())  # + the seed's copy
 
 
 def _inputs(B, C, H, W, K, h, w, dtype=torch.float32, fdtype=None, tdtype=None, N=7, seed=0):
@@ -51,7 +51,7 @@ def _inputs(B, C, H, W, K, h, w, dtype=torch.float32, fdtype=None, tdtype=None, 
 
 def _assert_identical(got, want):
     names = ("erased", "targets", "box_max", "box_min", "ratio", "fill_max", "fill_min",
-             "peak_max", "peak_min", "energy")
+             "peak_max", "peak_min", "energy", "seed_out")
     assert len(got) == len(want) == len(names)
     for name, a, b in zip(names, got, want):
         assert a.dtype == b.dtype and a.shape == b.shape, name
@@ -128,6 +128,16 @@ def test_empty_batch():
     x, fmap, t, q, ids = _inputs(0, 3, 8, 8, 4, 2, 2)
     out = ops.anm_mask(*_args(x, fmap, t, q, ids, 1, ANMConfig()))
     assert out[0].shape == (0, 3, 8, 8) and out[9].shape == (0, 2, 2)
+    assert out[10].dtype == torch.int64 and out[10].shape == () and out[10].item() == 1
+
+
+def test_seed_out_is_a_copy():
+    x, fmap, t, q, ids = _inputs(3, 3, 8, 8, 4, 2, 2)
+    a = list(_args(x, fmap, t, q, ids, -7, ANMConfig()))
+    out = ops.anm_mask(*a)
+    assert out[10].item() == -7 and out[10].data_ptr() != a[5].data_ptr()
+    a[5] = torch.tensor([2**62], dtype=torch.int64)  # one element, 1-D
+    assert ops.anm_mask(*a)[10].item() == 2**62
 
 
 def test_opcheck_fused():

@@ -100,7 +100,7 @@ void check_quality_values(const float* q, int64_t B) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor, at::Tensor>
+           at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targets,
              const at::Tensor& quality_in, const at::Tensor& sample_ids_in, const at::Tensor& seed,
              double band, double area_lo, double area_hi, double quality_gain, double aspect_lo,
@@ -126,11 +126,14 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
   at::Tensor fill_max = at::empty({B, C}, float_opts), fill_min = at::empty({B, C}, float_opts);
   at::Tensor peak_max = at::empty({B, 2}, long_opts), peak_min = at::empty({B, 2}, long_opts);
   at::Tensor energy = at::empty({B, fmap.size(2), fmap.size(3)}, float_opts);
+  const int64_t seed_value = seed.to(at::kLong).item<int64_t>();
+  at::Tensor seed_out = at::empty({}, long_opts);
+  *seed_out.data_ptr<int64_t>() = seed_value;
   if (B == 0)
     return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
-            energy};
+            energy, seed_out};
 
-  const FusedArgs args{seed.to(at::kLong).item<int64_t>(),
+  const FusedArgs args{seed_value,
                        BoxParams{area_lo, area_hi, quality_gain, aspect_lo, area_scale,
                                  center_anchor},
                        uniform_fill,
@@ -170,7 +173,7 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
     });
   });
   return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
-          energy};
+          energy, seed_out};
 }
 
 }  // namespace
