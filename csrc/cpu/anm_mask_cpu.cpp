@@ -167,7 +167,10 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
     const int64_t N = targets.size(1), s0 = targets.stride(0), s1 = targets.stride(1);
     const scalar_t* tp = targets.const_data_ptr<scalar_t>();
     scalar_t* op = targets_out.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
+    // Threads only for large label sets: waking the pool again costs more than a few thousand
+    // values take on one core.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(N, 1));
+    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b)
         cpu::modulate_row<scalar_t>(tp + b * s0, s1, N, r[b], label_gain, op + b * N);
     });

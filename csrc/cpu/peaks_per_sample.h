@@ -106,10 +106,11 @@ struct PeakPlan {
   std::vector<RowRun> row_runs;     // output rows sharing the same two source rows
   std::vector<ColumnRun> col_runs;  // output columns sharing the same two source columns
   std::vector<float> col_lambda;
+  std::vector<int32_t> col_i0, col_i1;  // each output column's two source columns
 
   PeakPlan(int64_t h_, int64_t w_, int64_t H_, int64_t W_, double band_)
       : h(h_), w(w_), H(H_), W(W_), band(static_cast<float>(band_)), row_taps(H_),
-        col_lambda(W_) {
+        col_lambda(W_), col_i0(W_), col_i1(W_) {
     for (int64_t i = 0; i < H; ++i) row_taps[i] = linear_tap(i, h, H);
     row_runs = cpu::row_runs(row_taps.data(), H);
     // The horizontal pass broadcasts the two source values over each run (vectorised) instead
@@ -117,6 +118,8 @@ struct PeakPlan {
     for (int64_t j = 0; j < W; ++j) {
       const LinearTap t = linear_tap(j, w, W);
       col_lambda[j] = t.lambda;
+      col_i0[j] = static_cast<int32_t>(t.i0);
+      col_i1[j] = static_cast<int32_t>(t.i1);
       if (col_runs.empty() || col_runs.back().i0 != t.i0 || col_runs.back().i1 != t.i1)
         col_runs.push_back(ColumnRun{j, j + 1, t.i0, t.i1});
       else
@@ -174,8 +177,11 @@ bool peaks_from_energy(const PeakPlan& p, const acc_t* e, PeakWorkspace<acc_t>& 
     energy[i] = static_cast<float>(e[i] / norm);
     finite = finite && std::isfinite(energy[i]);
   }
-  horizontal_resize(energy, h, w, W, p.col_runs.data(), static_cast<int64_t>(p.col_runs.size()),
-                    p.col_lambda.data(), ws.rows.data());
+  if (!horizontal_resize_wide(energy, h, w, W, p.col_i0.data(), p.col_i1.data(),
+                              p.col_lambda.data(), ws.rows.data()))
+    horizontal_resize(energy, h, w, W, p.col_runs.data(),
+                      static_cast<int64_t>(p.col_runs.size()), p.col_lambda.data(),
+                      ws.rows.data());
   // Both passes of the peak search (max and min of the map, then the first pixel at the
   // threshold), without storing the H x W map: vector_kernels.cpp.
   int64_t first_hi = 0, first_lo = 0;

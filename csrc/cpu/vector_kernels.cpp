@@ -46,6 +46,7 @@ constexpr int64_t kMaxLanes = 16;
 #if defined(ANM_FAST_VECTOR_TYPES) && defined(__x86_64__)
 namespace isa_baseline {  // SSE2, every x86-64 CPU
 typedef v4f Vec;
+constexpr bool kVarPermute = false;  // SSE2 has no variable lane permute
 ANM_SCALAR_MASKS
 ANM_INLINE uint32_t mask_ge(v4f v, float t) {
   return static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpge_ps(v, _mm_set1_ps(t))));
@@ -64,6 +65,7 @@ ANM_INLINE uint32_t mask_le(v4f v, float t) {
 #endif
 namespace isa_avx2 {
 typedef v8f Vec;
+constexpr bool kVarPermute = true;  // vpermps
 ANM_SCALAR_MASKS
 ANM_INLINE uint32_t mask_ge(v8f v, float t) {
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(t), _CMP_GE_OQ)));
@@ -90,6 +92,7 @@ ANM_INLINE uint32_t mask_le(v8f v, float t) {
 #endif
 namespace isa_avx512 {
 typedef v16f Vec;
+constexpr bool kVarPermute = true;  // vpermps
 ANM_SCALAR_MASKS
 ANM_INLINE uint32_t mask_ge(v16f v, float t) {
   return _mm512_cmp_ps_mask(v, _mm512_set1_ps(t), _CMP_GE_OQ);
@@ -108,6 +111,7 @@ ANM_INLINE uint32_t mask_le(v16f v, float t) {
 #elif defined(ANM_FAST_VECTOR_TYPES)
 namespace isa_baseline {  // 4 lanes (NEON on aarch64)
 typedef v4f Vec;
+constexpr bool kVarPermute = false;
 ANM_SCALAR_MASKS
 ANM_INLINE uint32_t mask_ge(v4f v, float t) {
   uint32_t m = 0;
@@ -125,6 +129,7 @@ ANM_INLINE uint32_t mask_le(v4f v, float t) {
 #else
 namespace isa_baseline {  // no vector extensions: plain floats
 typedef float Vec;
+constexpr bool kVarPermute = false;
 ANM_SCALAR_MASKS
 #include "vector_kernels_impl.h"
 }  // namespace isa_baseline
@@ -135,6 +140,8 @@ struct Kernels {
   void (*energy)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
   void (*peaks)(const float*, const LinearTap*, const RowRun*, int64_t, int64_t, float, float*,
                 int64_t*, int64_t*);
+  bool (*hresize)(const float*, int64_t, int64_t, int64_t, const int32_t*, const int32_t*,
+                  const float*, float*);
 };
 
 Kernels pick_kernels() {
@@ -145,10 +152,10 @@ Kernels pick_kernels() {
   if (cap != "default" && cap != "avx2" && __builtin_cpu_supports("avx512f") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512bw"))
-    return Kernels{isa_avx512::energy, isa_avx512::peaks};
-  if (cap != "default" && __builtin_cpu_supports("avx2")) return Kernels{isa_avx2::energy, isa_avx2::peaks};
+    return Kernels{isa_avx512::energy, isa_avx512::peaks, isa_avx512::hresize};
+  if (cap != "default" && __builtin_cpu_supports("avx2")) return Kernels{isa_avx2::energy, isa_avx2::peaks, isa_avx2::hresize};
 #endif
-  return Kernels{isa_baseline::energy, isa_baseline::peaks};
+  return Kernels{isa_baseline::energy, isa_baseline::peaks, isa_baseline::hresize};
 }
 
 const Kernels& kernels() {
@@ -185,6 +192,11 @@ std::vector<RowRun> row_runs(const LinearTap* taps, int64_t H) {
     runs.push_back(RowRun{i, i, t.i0, t.i1});
   }
   return runs;
+}
+
+bool horizontal_resize_wide(const float* e, int64_t h, int64_t w, int64_t W, const int32_t* col_i0,
+                           const int32_t* col_i1, const float* col_lambda, float* rows) {
+  return kernels().hresize(e, h, w, W, col_i0, col_i1, col_lambda, rows);
 }
 
 int64_t resized_peaks_scratch(int64_t n_runs) { return 2 * n_runs * kMaxLanes + 2 * n_runs; }

@@ -24,6 +24,13 @@ namespace cpu {
 bool energy_planes_f32(const float* f, int64_t G, int64_t sB, int64_t K, int64_t sK, int64_t P,
                        float* e);
 
+// The h source rows of a bilinear resize resized horizontally to W columns:
+// rows[y, j] = lerp(e[y, col_i0[j]], e[y, col_i1[j]], col_lambda[j]). Returns false, writing
+// nothing, where this path does not apply (a source row wider than a vector, or an ISA without a
+// variable lane permute); the caller's run-by-run loop then does it, with the same values.
+bool horizontal_resize_wide(const float* e, int64_t h, int64_t w, int64_t W, const int32_t* col_i0,
+                           const int32_t* col_i1, const float* col_lambda, float* rows);
+
 // Consecutive output rows [first, last] of a bilinear resize that read the same two source rows
 // (i0, i1) with non-decreasing weights: see vector_kernels_impl.h for what the peak search gets
 // from them. Worked out once per shape by row_runs().

@@ -254,6 +254,41 @@ ANM_INLINE void resized_peaks_v(const float* rows, const LinearTap* taps, const 
     }
 }
 
+// ------------------------------------------------------------------------------ horizontal resize
+// rows[y, j] = lerp(e[y, i0[j]], e[y, i1[j]], lambda[j]) for the h source rows, when a source row
+// fits in one vector and the ISA permutes lanes by a variable index (kVarPermute): each output
+// vector is then two in-register permutes of the source row, one lerp and one store. Returns
+// false, writing nothing, otherwise (the caller's run-by-run loop does it).
+template <typename V>
+ANM_INLINE bool hresize_v(const float* e, int64_t h, int64_t w, int64_t W, const int32_t* i0,
+                          const int32_t* i1, const float* lam, float* rows) {
+#if defined(ANM_FAST_VECTOR_TYPES) && !defined(__clang__)
+  constexpr int L = lanes<V>();
+  if (!kVarPermute || w > L) return false;
+  typedef int32_t VI __attribute__((vector_size(sizeof(V))));
+  const int64_t nv = W / L;
+  for (int64_t y = 0; y < h; ++y) {
+    const float* er = e + y * w;
+    V src = V{};
+    std::memcpy(&src, er, sizeof(float) * w);  // lanes past w stay 0 (never selected)
+    float* out = rows + y * W;
+    for (int64_t k = 0; k < nv; ++k) {
+      VI ia, ib;
+      std::memcpy(&ia, i0 + k * L, sizeof(VI));
+      std::memcpy(&ib, i1 + k * L, sizeof(VI));
+      const V a = __builtin_shuffle(src, ia), b = __builtin_shuffle(src, ib);
+      const V v = a + (b - a) * load<V>(lam + k * L);  // lerp(), lane by lane
+      std::memcpy(out + k * L, &v, sizeof(V));
+    }
+    for (int64_t j = nv * L; j < W; ++j) out[j] = lerp(er[i0[j]], er[i1[j]], lam[j]);
+  }
+  return true;
+#else
+  (void)e, (void)h, (void)w, (void)W, (void)i0, (void)i1, (void)lam, (void)rows;
+  return false;
+#endif
+}
+
 // ------------------------------------------------------------------------------ entry points
 void energy(const float* f, int64_t G, int64_t sB, int64_t K, int64_t sK, int64_t P, float* e) {
   energy_planes<Vec>(f, G, sB, K, sK, P, e);
@@ -262,4 +297,9 @@ void energy(const float* f, int64_t G, int64_t sB, int64_t K, int64_t sK, int64_
 void peaks(const float* rows, const LinearTap* taps, const RowRun* runs, int64_t n_runs, int64_t W,
            float band, float* scratch, int64_t* first_hi, int64_t* first_lo) {
   resized_peaks_v<Vec>(rows, taps, runs, n_runs, W, band, scratch, first_hi, first_lo);
+}
+
+bool hresize(const float* e, int64_t h, int64_t w, int64_t W, const int32_t* i0, const int32_t* i1,
+             const float* lam, float* rows) {
+  return hresize_v<Vec>(e, h, w, W, i0, i1, lam, rows);
 }
