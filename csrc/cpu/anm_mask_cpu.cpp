@@ -22,6 +22,24 @@
 namespace anm_fast {
 namespace {
 
+// The label shift of one sample's row of targets, for the targets' own dtype: picked once per call
+// (a function pointer), so the fused loop is not instantiated for every targets dtype as well.
+struct LabelShift {
+  void (*row)(const void* targets, int64_t s0, int64_t s1, int64_t N, int64_t b, float ratio,
+              double label_gain, void* out);
+  const void* targets;
+  void* out;
+  int64_t s0, s1, N;
+  double label_gain;
+};
+
+template <typename scalar_t>
+void label_shift_row(const void* targets, int64_t s0, int64_t s1, int64_t N, int64_t b,
+                     float ratio, double label_gain, void* out) {
+  cpu::modulate_row<scalar_t>(static_cast<const scalar_t*>(targets) + b * s0, s1, N, ratio,
+                              label_gain, static_cast<scalar_t*>(out) + b * N);
+}
+
 struct FusedArgs {
   int64_t seed;
   BoxParams params;
@@ -37,6 +55,7 @@ struct FusedArgs {
   int64_t* peak_max;
   int64_t* peak_min;
   float* energy;
+  LabelShift shift;
 };
 
 // Returns the number of samples whose energy is not finite.
@@ -78,6 +97,8 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
         cpu::erase_sample<x_t>(layout, xptr, optr, b, cpu::read_box(a.box_max, b),
                                cpu::read_box(a.box_min, b), a.fill_max + b * C,
                                a.fill_min + b * C);
+        const LabelShift& ls = a.shift;
+        ls.row(ls.targets, ls.s0, ls.s1, ls.N, b, a.ratio[b], ls.label_gain, ls.out);
       }
     }
     if (bad) non_finite += bad;
@@ -133,6 +154,10 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
     return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
             energy, seed_out};
 
+  LabelShift shift{nullptr, targets.const_data_ptr(), targets_out.data_ptr(), targets.stride(0),
+                   targets.stride(1), targets.size(1), label_gain};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, targets.scalar_type(),
+                                  "anm_mask_targets", [&] { shift.row = &label_shift_row<scalar_t>; });
   const FusedArgs args{seed_value,
                        BoxParams{area_lo, area_hi, quality_gain, aspect_lo, area_scale,
                                  center_anchor},
@@ -147,7 +172,8 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
                        fill_min.data_ptr<float>(),
                        peak_max.data_ptr<int64_t>(),
                        peak_min.data_ptr<int64_t>(),
-                       energy.data_ptr<float>()};
+                       energy.data_ptr<float>(),
+                       shift};
   int64_t non_finite = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fmap.scalar_type(), "anm_mask_fmap",
                                   [&] {
@@ -160,21 +186,6 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
                     "fmap contains non-finite values (NaN or Inf), or values whose squares "
                     "overflow float32; the activation energy is undefined");
 
-  // The label shift: B x N values, a separate (small) loop over the targets' own dtype.
-  const float* r = args.ratio;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, targets.scalar_type(),
-                                  "anm_mask_targets", [&] {
-    const int64_t N = targets.size(1), s0 = targets.stride(0), s1 = targets.stride(1);
-    const scalar_t* tp = targets.const_data_ptr<scalar_t>();
-    scalar_t* op = targets_out.data_ptr<scalar_t>();
-    // Threads only for large label sets: waking the pool again costs more than a few thousand
-    // values take on one core.
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(N, 1));
-    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b)
-        cpu::modulate_row<scalar_t>(tp + b * s0, s1, N, r[b], label_gain, op + b * N);
-    });
-  });
   return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
           energy, seed_out};
 }
