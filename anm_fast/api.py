@@ -277,8 +277,9 @@ def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
     """The training loop's CPU call in as little Python as possible: CPU tensors, soft float
     targets and quality, no gradients. After a call that streamed tens of MB through the caches
     every line of Python runs cold (a first tensor creation costs ~30 us), so the fused op itself
-    checks shapes and dtypes here, and an int seed reaches it as a cached tensor (the one handed
-    back is the op's copy). Returns None when the call is not of that form, or
+    checks shapes and dtypes here, it is called through the extension's direct entry (the
+    dispatcher's typed interface, not torch.ops' Python route; csrc/python_entry.cpp), and an int
+    seed reaches it as a cached tensor (the one handed back is the op's copy). Returns None when the call is not of that form, or
     when anything fails: the general path then names the bad argument (or raises the op's error
     again)."""
     if not (type(x) is _Tensor and type(fmap) is _Tensor and type(targets) is _Tensor
@@ -293,7 +294,8 @@ def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
                                    or sample_ids.dtype.is_complex
                                    or sample_ids.dtype == torch.bool):
         return None
-    if chk.compiling() or not _ext.has_extension():
+    direct = _ext.direct_anm_mask()
+    if direct is None or chk.compiling():
         return None
     try:
         if x.dim() != 4:
@@ -301,8 +303,8 @@ def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
         ids = _cpu_arange(x.shape[0]) if sample_ids is None else sample_ids
         seed_t = (_op_seed(seed) if type(seed) is int and -2**63 <= seed < 2**63
                   else _seed_tensor(seed, "cpu"))
-        out = ops.anm_mask(x, fmap, targets, quality, ids, seed_t,
-                           *_fused_op_args(config, x.shape[1]), chk.value_checks_active())
+        out = direct(x, fmap, targets, quality, ids, seed_t, *_fused_op_args(config, x.shape[1]),
+                     chk.value_checks_active())
     except Exception:  # noqa: BLE001 - the general path reports it
         return None
     return MaskBatch(*out)  # the op's last output is a copy of the seed

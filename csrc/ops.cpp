@@ -5,10 +5,14 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "python_entry.h"
+
 extern "C" {
-// Importing anm_fast._C runs the static registrations below; the module itself is empty.
+// Importing anm_fast._C runs the static registrations below; the module's one method is the
+// fused op's direct entry (python_entry.cpp).
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                          anm_fast::python_methods()};
   return PyModule_Create(&module_def);
 }
 }

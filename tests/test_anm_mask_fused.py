@@ -195,6 +195,15 @@ def test_api_takes_the_fused_op_only_without_gradients(monkeypatch):
             return getattr(torch.ops.anm_fast, name)
 
     monkeypatch.setattr(api, "ops", Spy())
+    from anm_fast import _ext
+    direct = _ext.direct_anm_mask()
+
+    def counted_direct(*args):
+        calls.append(1)
+        return direct(*args)
+
+    # the short path calls the op through the extension's direct entry
+    monkeypatch.setattr(_ext, "direct_anm_mask", lambda: counted_direct)
     plain = anm_fast.anm_mask(x, fmap, t, q, seed=4)
     assert calls == [1]
     xg = x.clone().requires_grad_(True)
@@ -218,3 +227,71 @@ def test_class_index_targets_take_the_fused_path_and_are_range_checked():
         assert torch.equal(u, v)
     with pytest.raises(ValueError, match="class indices outside"):
         _call_api(True, x, fmap, torch.tensor([0, 3, 10, 2]), q, seed=1, num_classes=10)
+
+
+# ------------------------------------------------------------------ the direct entry (_C.anm_mask)
+def test_direct_entry_equals_torch_ops():
+    from anm_fast import _ext
+    direct = _ext.direct_anm_mask()
+    assert direct is not None
+    x, fmap, t, q, ids = _inputs(9, 3, 16, 12, 8, 4, 3)
+    for cfg in CONFIGS.values():
+        a = _args(x, fmap, t, q, ids, 77, cfg)
+        got, want = direct(*a), ops.anm_mask(*a)
+        assert len(got) == len(want) == 11
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+
+
+def test_direct_entry_errors():
+    from anm_fast import _ext
+    direct = _ext.direct_anm_mask()
+    x, fmap, t, q, ids = _inputs(3, 3, 8, 8, 4, 2, 2)
+    a = list(_args(x, fmap, t, q, ids, 1, ANMConfig()))
+    with pytest.raises(TypeError, match="17 arguments"):
+        direct(*a[:-1])
+    bad = list(a)
+    bad[1] = fmap.numpy()
+    with pytest.raises(TypeError, match="fmap must be a Tensor"):
+        direct(*bad)
+    bad = list(a)
+    bad[12] = 1
+    with pytest.raises(TypeError, match="center_anchor must be a bool"):
+        direct(*bad)
+    bad = list(a)
+    bad[6] = "0.1"
+    with pytest.raises(TypeError, match="band must be a float"):
+        direct(*bad)
+    bad = list(a)
+    bad[3] = torch.full_like(q, 2.0)  # the kernel's value check: the same error as torch.ops
+    with pytest.raises(ValueError, match=r"quality must lie in \[0, 1\]"):
+        direct(*bad)
+    with pytest.raises(ValueError, match=r"quality must lie in \[0, 1\]"):
+        ops.anm_mask(*bad)
+    bad = list(a)
+    bad[1] = fmap[:2]
+    with pytest.raises(RuntimeError, match="fmap has batch size"):
+        direct(*bad)
+
+
+def test_api_cpu_calls_are_seen_by_the_profiler_and_dispatch_modes():
+    # The API's short path goes through the dispatcher: profilers and dispatch modes see the op.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Names(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, fmap, t, q, ids = _inputs(4, 3, 8, 8, 4, 2, 2)
+    with Names() as mode:
+        out = anm_fast.anm_mask(x, fmap, t, q, seed=3)
+    assert any("anm_fast.anm_mask" in n for n in mode.names), mode.names
+    assert torch.equal(out.erased, anm_fast.anm_mask(x, fmap, t, q, seed=3).erased)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        anm_fast.anm_mask(x, fmap, t, q, seed=3)
+    assert any(e.name == "anm_fast::anm_mask" for e in prof.events())
