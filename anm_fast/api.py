@@ -259,8 +259,6 @@ def _fused_op_args_cached(config: ANMConfig, C: int) -> tuple:
 
 
 _Tensor = torch.Tensor
-
-
 _OP_SEEDS: dict = {}  # int seed -> 0-d tensor, read by the fused op only (never handed out)
 
 
@@ -276,12 +274,12 @@ def _op_seed(seed: int) -> torch.Tensor:
 def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
     """The training loop's CPU call in as little Python as possible: CPU tensors, soft float
     targets and quality, no gradients. After a call that streamed tens of MB through the caches
-    every line of Python runs cold (a first tensor creation costs ~30 us), so the fused op itself
-    checks shapes and dtypes here, it is called through the extension's direct entry (the
-    dispatcher's typed interface, not torch.ops' Python route; csrc/python_entry.cpp), and an int
-    seed reaches it as a cached tensor (the one handed back is the op's copy). Returns None when the call is not of that form, or
-    when anything fails: the general path then names the bad argument (or raises the op's error
-    again)."""
+    every line of Python runs cold (a first tensor creation costs ~30 us), so here the fused op
+    checks shapes and dtypes itself, it is called through the extension's direct entry (the
+    dispatcher's typed interface rather than torch.ops' Python route; csrc/python_entry.cpp), and
+    an int seed reaches it as a cached tensor (the one handed back is the op's copy). Returns None
+    when the call is not of that form, or when anything fails: the general path then names the bad
+    argument (or raises the op's error again)."""
     if not (type(x) is _Tensor and type(fmap) is _Tensor and type(targets) is _Tensor
             and type(quality) is _Tensor and x.is_cpu and fmap.is_cpu and targets.is_cpu
             and quality.is_cpu
