@@ -46,31 +46,24 @@ ANM_INLINE float reduce_min(v4f v) {
   for (int i = 1; i < 4; ++i) m = v[i] < m ? v[i] : m;
   return m;
 }
-template <typename V, typename Half>
+// A vector's max (min) is the max (min) of its two halves' lane-wise max (min).
+ANM_INLINE float reduce_max(v8f v);
+ANM_INLINE float reduce_min(v8f v);
+template <typename Half, typename V>
 ANM_INLINE void halves(V v, Half* a, Half* b) {
   std::memcpy(a, &v, sizeof(Half));
   std::memcpy(b, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
 }
-ANM_INLINE float reduce_max(v8f v) {
-  v4f a, b;
+template <typename Half, bool MAX, typename V>
+ANM_INLINE float reduce_halves(V v) {
+  Half a, b;
   halves(v, &a, &b);
-  return reduce_max(vmax(b, a));
+  return MAX ? reduce_max(vmax(b, a)) : reduce_min(vmin(b, a));
 }
-ANM_INLINE float reduce_min(v8f v) {
-  v4f a, b;
-  halves(v, &a, &b);
-  return reduce_min(vmin(b, a));
-}
-ANM_INLINE float reduce_max(v16f v) {
-  v8f a, b;
-  halves(v, &a, &b);
-  return reduce_max(vmax(b, a));
-}
-ANM_INLINE float reduce_min(v16f v) {
-  v8f a, b;
-  halves(v, &a, &b);
-  return reduce_min(vmin(b, a));
-}
+ANM_INLINE float reduce_max(v8f v) { return reduce_halves<v4f, true>(v); }
+ANM_INLINE float reduce_min(v8f v) { return reduce_halves<v4f, false>(v); }
+ANM_INLINE float reduce_max(v16f v) { return reduce_halves<v8f, true>(v); }
+ANM_INLINE float reduce_min(v16f v) { return reduce_halves<v8f, false>(v); }
 #endif
 
 // ------------------------------------------------------------------------------ energies
