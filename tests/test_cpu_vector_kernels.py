@@ -23,9 +23,10 @@ pytestmark = pytest.mark.skipif(not anm_fast.has_extension(),
 ops = torch.ops.anm_fast
 
 # (K, h, w): planes of 1, 4, 15 positions (portable loop), 16 (one vector, four samples side by
-# side), 17 and 49 (an overlapping last chunk), 64, 196 (chunk groups) and 24 x 24 (> 64 chunks).
+# side), 17 and 49 (an overlapping last chunk), 64, 196 and 576 (chunk groups) and 40 x 40 (more
+# than 64 chunks: their offsets no longer fit the kernel's stack buffer).
 FMAPS = [(3, 1, 1), (5, 2, 2), (7, 3, 5), (512, 4, 4), (33, 1, 17), (64, 7, 7), (9, 8, 8),
-         (6, 14, 14), (2, 24, 24)]
+         (6, 14, 14), (2, 24, 24), (3, 40, 40)]
 # (H, W): no full vector, one, several with a scalar tail, and a large map.
 IMAGES = [(8, 8), (32, 32), (31, 45), (17, 100), (224, 224)]
 
