@@ -1,9 +1,10 @@
 // Stage 1 for one sample on the CPU: energy map, L2 normalisation and the peaks of its bilinear
 // resize. Used by activation_peaks (activation_peaks_cpu.cpp) and by the fused anm_mask
 // (anm_mask_cpu.cpp), so the peak search exists once on the CPU. The H x W resized map is never
-// stored: each output row is interpolated from the horizontally resized source rows (h x W floats)
-// and reduced to its max and min on the fly; only the first row reaching each peak's threshold is
-// interpolated again to locate the pixel.
+// stored: the h source rows are resized horizontally (h x W floats), and the peak search
+// (vector_kernels.cpp) interpolates output rows from them only where it needs to: the two end
+// rows of each run of rows sharing their source rows, then the rows of the first run that reaches
+// the threshold.
 #pragma once
 
 #include <cmath>
