@@ -15,6 +15,21 @@ inline at::MemoryFormat erased_memory_format(const at::Tensor& x) {
   return at::MemoryFormat::Contiguous;
 }
 
+// `t` in `dtype`, contiguous: the tensor itself when it already is (no dispatcher round trip, which
+// costs microseconds when the code runs cold right after a call that streamed a batch).
+inline at::Tensor as_contiguous(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype && t.is_contiguous() ? t : t.to(dtype).contiguous();
+}
+
+// The value of a one-element integer seed tensor held on the CPU, read on the host.
+inline int64_t cpu_seed_value(const at::Tensor& seed) {
+  switch (seed.scalar_type()) {
+    case at::kLong: return *seed.const_data_ptr<int64_t>();
+    case at::kInt: return *seed.const_data_ptr<int32_t>();
+    default: return seed.to(at::kLong).item<int64_t>();
+  }
+}
+
 inline void check_activation_peaks_args(const at::Tensor& fmap, int64_t height, int64_t width) {
   TORCH_CHECK(fmap.dim() == 4, "activation_peaks: fmap must be (B, K, h, w), got ", fmap.sizes());
   TORCH_CHECK(height > 0 && width > 0, "activation_peaks: image size must be positive");

@@ -107,19 +107,6 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
   return non_finite.load();
 }
 
-at::Tensor as_contiguous(const at::Tensor& t, at::ScalarType dtype) {
-  return t.scalar_type() == dtype && t.is_contiguous() ? t : t.to(dtype).contiguous();
-}
-
-// The seed's value (a one-element integer tensor on the CPU; checked by check_anm_mask_args).
-int64_t read_seed(const at::Tensor& seed) {
-  switch (seed.scalar_type()) {
-    case at::kLong: return *seed.const_data_ptr<int64_t>();
-    case at::kInt: return *seed.const_data_ptr<int32_t>();
-    default: return seed.to(at::kLong).item<int64_t>();
-  }
-}
-
 // The Python API's quality check, with its messages (ValueError in Python).
 void check_quality_values(const float* q, int64_t B) {
   if (B == 0) return;
@@ -145,9 +132,9 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
                       fill_value_in);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
 
-  // Inputs already in the kernel's dtype and layout are used as they are, outputs are allocated
-  // by the CPU allocator directly: each dispatcher round trip costs microseconds when the code runs
-  // cold, as it does right after a call that streamed the batch through the caches.
+  // Outputs come from the CPU allocator directly, inputs already in the kernel's dtype and layout
+  // are used as they are (as_contiguous): each dispatcher round trip costs microseconds when the
+  // code runs cold, as it does right after a call that streamed the batch through the caches.
   const at::Tensor quality = as_contiguous(quality_in, at::kFloat);
   const at::Tensor ids = as_contiguous(sample_ids_in, at::kLong);
   const at::Tensor fill_value = uniform_fill ? fill_value_in
@@ -167,7 +154,7 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
   at::Tensor fill_max = cpu_empty({B, C}, float_opts), fill_min = cpu_empty({B, C}, float_opts);
   at::Tensor peak_max = cpu_empty({B, 2}, long_opts), peak_min = cpu_empty({B, 2}, long_opts);
   at::Tensor energy = cpu_empty({B, fmap.size(2), fmap.size(3)}, float_opts);
-  const int64_t seed_value = read_seed(seed);
+  const int64_t seed_value = cpu_seed_value(seed);
   at::Tensor seed_out = cpu_empty({}, long_opts);
   *seed_out.data_ptr<int64_t>() = seed_value;
   if (B == 0)

@@ -18,13 +18,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
   const int64_t B = check_sample_boxes_args(peak_max_in, peak_min_in, quality_in, sample_ids_in,
                                             seed, H, W, C, uniform_fill, fill_value_in);
 
-  const at::Tensor peak_max = peak_max_in.to(at::kLong).contiguous();
-  const at::Tensor peak_min = peak_min_in.to(at::kLong).contiguous();
-  const at::Tensor quality = quality_in.to(at::kFloat).contiguous();
-  const at::Tensor ids = sample_ids_in.to(at::kLong).contiguous();
+  const at::Tensor peak_max = as_contiguous(peak_max_in, at::kLong);
+  const at::Tensor peak_min = as_contiguous(peak_min_in, at::kLong);
+  const at::Tensor quality = as_contiguous(quality_in, at::kFloat);
+  const at::Tensor ids = as_contiguous(sample_ids_in, at::kLong);
   const at::Tensor fill_value = uniform_fill ? fill_value_in
-                                             : fill_value_in.to(at::kFloat).contiguous();
-  const int64_t seed_v = seed.to(at::kLong).item<int64_t>();
+                                             : as_contiguous(fill_value_in, at::kFloat);
+  const int64_t seed_v = cpu_seed_value(seed);
 
   auto long_opts = peak_max_in.options().dtype(at::kLong);
   auto float_opts = peak_max_in.options().dtype(at::kFloat);

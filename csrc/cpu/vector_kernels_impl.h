@@ -32,6 +32,13 @@ ANM_INLINE V vmin(V v, V m) {
   return v < m ? v : m;
 }
 
+// lerp() lane by lane: a + (b - a) * w as separate rounded operations (-ffp-contract=off), with w
+// one weight for every lane or a vector of weights.
+template <typename V, typename Wt>
+ANM_INLINE V vlerp(V a, V b, Wt w) {
+  return a + (b - a) * w;
+}
+
 // Lanes reduced by halving: the same max / min value as a sequential scan (see the header).
 ANM_INLINE float reduce_max(float v) { return v; }
 ANM_INLINE float reduce_min(float v) { return v; }
@@ -137,8 +144,7 @@ ANM_INLINE int64_t first_in_row(const float* r0, const float* r1, float l, int64
   constexpr int L = lanes<V>();
   int64_t j = 0;
   for (; j + L <= W; j += L) {
-    const V a = load<V>(r0 + j), b = load<V>(r1 + j);
-    const V v = a + (b - a) * l;
+    const V v = vlerp(load<V>(r0 + j), load<V>(r1 + j), l);
     const uint32_t m = HI ? mask_ge(v, thr) : mask_le(v, thr);
     if (m) return j + __builtin_ctz(m);
   }
@@ -156,8 +162,7 @@ ANM_INLINE void row_extremes(const float* r0, const float* r1, float l, int64_t 
                              V* mx, V* mn, float* th, float* tl) {
   constexpr int L = lanes<V>();
   for (int64_t k = 0; k < nv; ++k) {
-    const V a = load<V>(r0 + k * L), b = load<V>(r1 + k * L);
-    const V v = a + (b - a) * l;  // lerp(), lane by lane
+    const V v = vlerp(load<V>(r0 + k * L), load<V>(r1 + k * L), l);
     *mx = vmax(v, *mx);
     *mn = vmin(v, *mn);
   }
@@ -269,8 +274,8 @@ ANM_INLINE bool hresize_v(const float* e, int64_t h, int64_t w, int64_t W, const
       VI ia, ib;
       std::memcpy(&ia, i0 + k * L, sizeof(VI));
       std::memcpy(&ib, i1 + k * L, sizeof(VI));
-      const V a = __builtin_shuffle(src, ia), b = __builtin_shuffle(src, ib);
-      const V v = a + (b - a) * load<V>(lam + k * L);  // lerp(), lane by lane
+      const V v = vlerp<V>(__builtin_shuffle(src, ia), __builtin_shuffle(src, ib),
+                           load<V>(lam + k * L));
       std::memcpy(out + k * L, &v, sizeof(V));
     }
     for (int64_t j = nv * L; j < W; ++j) out[j] = lerp(er[i0[j]], er[i1[j]], lam[j]);

@@ -105,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
     check_same_device(op, peak_max_in, seed, "seed");
     seed_dev = seed.to(at::kLong).reshape({1}).contiguous();
   } else {
-    seed_value = seed.to(at::kLong).item<int64_t>();
+    seed_value = cpu_seed_value(seed);
   }
   at::Tensor fill_value;
   FillArg fill_arg{};
