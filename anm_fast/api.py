@@ -239,10 +239,11 @@ def _use_fused_cpu_op(x: torch.Tensor, targets: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and (x.requires_grad or targets.requires_grad))
 
 
-def _fused_op_args(config: ANMConfig, C: int) -> tuple:
+def _fused_op_args(config: ANMConfig, C: int, cached: bool = True) -> tuple:
     """The fused op's config arguments (band ... label_gain, fill tensor in place), per config and
-    channel count: cached, since working them out costs more than a CPU call's Python budget."""
-    if chk.compiling():
+    channel count: cached, since working them out costs more than a CPU call's Python budget
+    (`cached=False` while torch.compile traces: no Python-side caches then)."""
+    if not cached:
         return _fused_op_args_cached.__wrapped__(config, C)
     try:
         return _fused_op_args_cached(config, C)
@@ -337,7 +338,8 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
         if labels is not None:
             chk.check_values(labels=labels, num_classes=n)
         out = ops.anm_mask(x, fmap.detach() if fmap.requires_grad else fmap, t, q, ids, seed_t,
-                           *_fused_op_args(config, C), chk.value_checks_active())
+                           *_fused_op_args(config, C, cached=not chk.compiling()),
+                           chk.value_checks_active())
         return MaskBatch(*out)  # the op's last output is a copy of the seed
     # Otherwise the three ops: arguments are checked once here, and every value check of the call
     # (labels, quality, finite energy) costs one host read together. The peaks come from our own
