@@ -100,3 +100,20 @@ def sample_boxes_args(B, H, W, C, device="cpu", seed=7, anchor=True, uniform=Tru
     return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in (
         pmax, pmin, q, ids, torch.tensor(seed), H, W, C, cfg.area_lo, cfg.area_hi,
         cfg.quality_gain, cfg.aspect_lo, cfg.area_scale, anchor, uniform, fill))
+
+
+def assert_same_state(a, b, where: str = "state") -> None:
+    """Nested state (dicts, lists, tuples of tensors and plain values, as in checkpoints) equal bit
+    for bit, tensors with the same dtype; the assertion names the first place that differs."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as td
 
+from anm_fast.testing import assert_same_state
 from anm_fast.train import checkpoint as ckpt
 from anm_fast.train.cli import main
 
@@ -142,22 +143,7 @@ def test_sigterm_under_torchrun_then_resume_is_identical(runs, tmp_path):
     b = ckpt.load_latest(os.path.dirname(first))
     assert a["epoch"] == b["epoch"] == EPOCHS
     for k in ("nets", "opts", "gen", "quality", "extra"):
-        _same(a["method"][k], b["method"][k])
-
-
-def _same(a, b):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            _same(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _same(x, y)
-    else:
-        assert a == b
+        assert_same_state(a["method"][k], b["method"][k])
 
 
 def test_slice_weights_make_uneven_slices_weigh_like_one_process(monkeypatch):

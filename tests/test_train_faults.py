@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from anm_fast.testing import assert_same_state
 from anm_fast.train import checkpoint as ckpt
 from anm_fast.train.cli import _save_settings, build_parser, main, settings_from
 from anm_fast.train.loop import run as run_loop
@@ -22,21 +23,6 @@ EPOCHS = 6
 ARGS = ["--dataset", "digits", "--method", "anm", "--epochs", str(EPOCHS), "--noise-rate", "0.5",
         "--set", "train_subset=200", "--width", "8", "--warmup", "1", "--batch-size", "32",
         "--threads", "1", "--device", "cpu", "--no-progress", "--no-plots"]
-
-
-def _assert_same(a, b, where="state"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +120,8 @@ def test_sigkill_at_random_points_then_resume_is_identical(tmp_path, reference):
     assert proc.returncode == 0, err
     state = ckpt.load_latest(run_dir)
     assert state["epoch"] == EPOCHS, kills
-    _assert_same(reference["method"], state["method"])
-    _assert_same(reference["rng"], state["rng"])
+    assert_same_state(reference["method"], state["method"])
+    assert_same_state(reference["rng"], state["rng"])
     rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert [r["epoch"] for r in rows] == list(range(EPOCHS))
     assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp-")]
@@ -168,7 +154,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, reference):
     assert main(["--resume", run, "--no-progress", "--no-plots"]) == 0
     state = ckpt.load_latest(run_dir)
     assert state["epoch"] == EPOCHS
-    _assert_same(reference["method"], state["method"])
+    assert_same_state(reference["method"], state["method"])
 
 
 def test_all_checkpoints_damaged_is_a_clear_error(tmp_path, capsys):
@@ -206,4 +192,4 @@ def test_sigterm_stops_cleanly_and_resumes_identically(tmp_path, reference):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     state = ckpt.load_latest(run_dir)
-    _assert_same(reference["method"], state["method"])
+    assert_same_state(reference["method"], state["method"])

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from anm_fast.testing import assert_same_state
 from anm_fast.train import checkpoint as ckpt_mod
 from anm_fast.train.cli import main
 from anm_fast.train.loop import Settings, run
@@ -37,21 +38,6 @@ def _weights(folder, method):
     return state
 
 
-def _assert_same(a, b):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            _assert_same(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_same(x, y)
-    else:
-        assert a == b
-
-
 @pytest.mark.parametrize("method,hp", [("anm", {}), ("dividemix-anm", {}),
                                        ("anm", {"loss_history": True})],
                          ids=["anm", "dividemix-anm", "anm-loss-history"])
@@ -66,7 +52,7 @@ def test_resume_gives_identical_weights(tmp_path, method, hp):
     run(settings([method], 4, **hp), part)  # picks up the checkpoint of epoch 2
     a, b = _weights(full, method), _weights(part, method)
     assert b["epoch"] == 4
-    _assert_same(a["method"], b["method"])
+    assert_same_state(a["method"], b["method"])
     rows = [json.loads(l) for l in open(os.path.join(part, method, "seed0", "metrics.jsonl"))]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
 
