@@ -1,7 +1,7 @@
 """Which implementation serves CUDA tensors: the one place that decides.
 
 Backends: "cuda" (the compiled CUDA kernels of csrc/cuda), "triton" (the Triton launchers of
-kernels/, installed as anm_fast.kernels), "reference" (pure PyTorch), or "auto" (the default).
+anm_fast/kernels/), "reference" (pure PyTorch), or "auto" (the default).
 "auto" takes the backend the benchmarks measured faster on this GPU model, recorded in
 anm_fast/measured_backends.json by `python bench/report.py --pick-backend GPU_RUN.json`; for a
 GPU model not in that file, compiled CUDA when built, else Triton when it imports, else the
