@@ -23,6 +23,7 @@ from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;9.0+PTX"  # +PTX: newer GPUs (sm_100, sm_120) JIT-compile the 9.0 PTX
+FALLBACK_TOOLKIT = "/usr/local/cuda"  # where the toolkit lives when nothing else names one
 
 
 def _flag(name):
@@ -53,11 +54,11 @@ def find_toolkit():
     nvcc = shutil.which("nvcc")
     if nvcc:
         candidates.append(_nvcc_top(nvcc))
-    candidates.append("/usr/local/cuda")
+    candidates.append(FALLBACK_TOOLKIT)
     for home in candidates:
         if _is_toolkit(home):
             return os.path.realpath(home), None
-    return None, "no CUDA toolkit (nvcc and cuda_runtime.h) in CUDA_HOME, CUDA_PATH, the PATH or /usr/local/cuda"
+    return None, f"no CUDA toolkit (nvcc and cuda_runtime.h) in CUDA_HOME, CUDA_PATH, the PATH or {FALLBACK_TOOLKIT}"
 
 
 def _toolkit_release(home):
