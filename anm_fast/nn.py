@@ -30,7 +30,8 @@ def _axis_plan(h: int, H: int, layers: int) -> list:
     """Per-layer (kernel, stride, padding) along one axis taking h to H in `layers` steps.
 
     All but the last layer upsample by the same power of two, about (H/h)^(1/layers) (4x4 ->
-    32x32: x2, x2, x2 as released; 7x7 -> 224x224: x4, x4, x2). The last layer lands on H
+    32x32: x2, x2, x2, i.e. 4 -> 8 -> 16 -> 32, ours; the release's CIFAR decoder goes
+    4 -> 10 -> 15 -> 32, ReconstructionDecoder.sanm_cifar; 7x7 -> 224x224: x4, x4, x2). The last layer lands on H
     exactly: an integer factor when H is a multiple of the current size, otherwise stride
     H // size with the kernel that makes out = (size - 1) * stride + kernel = H."""
     if h > H:
@@ -75,7 +76,8 @@ class ReconstructionDecoder(nn.Module):
         """feature_shape (K, h, w) -> image_shape (C, H, W).
 
         hidden: the channels between layers. Default: K/2, K/4, ... capped at 256, 128, ...
-        and never below C: 512 -> 256 -> 128 -> 3 for ResNet-18 as released; the cap (ours)
+        and never below C: 512 -> 256 -> 128 -> 3 for ResNet-18, the release's channels (its
+        spatial sizes differ: see sanm_cifar); the cap (ours)
         keeps ResNet-50's 2048 -> 256 -> 128 -> 3 decoder at 19M parameters instead of 94M."""
         K, h, w = (int(v) for v in feature_shape)
         C, H, W = (int(v) for v in image_shape)
@@ -90,6 +92,20 @@ class ReconstructionDecoder(nn.Module):
         decoder = cls([K, *hidden, C], [(r[0], c[0]) for r, c in zip(rows, cols)],
                       [(r[1], c[1]) for r, c in zip(rows, cols)],
                       [(r[2], c[2]) for r, c in zip(rows, cols)], activation)
+        decoder.feature_shape, decoder.image_shape = (K, h, w), (C, H, W)
+        return decoder
+
+    @classmethod
+    def sanm_cifar(cls, feature_shape, image_shape) -> "ReconstructionDecoder":
+        """The released CIFAR decoder: (K, 4, 4) -> (C, 32, 32) through 4 -> 10 -> 15 -> 32
+        (kernel 4 stride 2, kernel 6 stride 1, kernel 4 stride 2, no padding), channels
+        K -> K/2 -> K/4 -> C (512 -> 256 -> 128 -> 3 for ResNet-18)."""
+        K, h, w = (int(v) for v in feature_shape)
+        C, H, W = (int(v) for v in image_shape)
+        if (h, w, H, W) != (4, 4, 32, 32) or K < 4 or C < 1:
+            raise ValueError(f"the released CIFAR decoder maps (K, 4, 4) features to (C, 32, 32) "
+                             f"images, got {tuple(feature_shape)} -> {tuple(image_shape)}")
+        decoder = cls([K, K // 2, K // 4, C], [4, 6, 4], [2, 1, 2], [0, 0, 0])
         decoder.feature_shape, decoder.image_shape = (K, h, w), (C, H, W)
         return decoder
 

@@ -20,7 +20,8 @@ from .checkpoint import CheckpointError
 from .loop import Settings, free_folder, run
 from .methods import METHODS
 from .noise import parse_noise
-from .presets import COMMON
+from .presets import COMMON, anm_config
+from .recipes import RECIPES, recipe_hp
 from .reporting import table
 
 DEFAULT_METHOD = "dividemix-anm"
@@ -31,15 +32,25 @@ HP_FLAGS = {
     "lr_step": int, "warmup": int, "alpha": float, "T": float, "lambda_u": float, "rampup": int,
     "p_threshold": float, "recon_weight": float, "anm_preset": str, "anm_area_lo": float,
     "anm_area_hi": float, "anm_area_scale": float, "anm_quality_gain": float,
-    "anm_label_gain": float, "image_size": int, "train_subset": int, "pretrained": str, "threads": int,
+    "anm_label_gain": float, "eval_every": int, "image_size": int, "train_subset": int, "pretrained": str, "threads": int,
 }
 # boolean hyper-parameter flags (--name / --no-name)
 HP_SWITCHES = {"compile": "torch.compile the networks (GPU)",
                "sync_bn": "under torchrun: BatchNorm batch statistics over the global batch "
                           "(SyncBatchNorm on GPUs, GlobalBatchNorm on CPU) [default: on]; "
-                          "--no-sync-bn: per-process statistics"}
+                          "--no-sync-bn: per-process statistics",
+               # ANM ablations: --no-anm-max-copy etc. switch one part of ANM off
+               "anm_max_copy": "ANM: train on the max-erased copies [default: on]",
+               "anm_min_copy": "ANM: train on the min-erased copies [default: on]",
+               "anm_soften": "ANM: soften the erased copies' targets (off: their targets are the "
+                             "clean images' targets) [default: on]",
+               "anm_recon": "ANM: the reconstruction decoder and loss [default: on]",
+               "softmax_in_net": "the released SANM network: softmax inside the network, then "
+                                 "softmax / log-softmax / CE on those probabilities "
+                                 "[default: off; on in --recipe sanm-release]"}
 SETTING_KEYS = ("dataset", "data_dir", "noise", "noise_file", "noise_rate", "method", "compare",
-                "seed", "seeds", "device", "out", "epochs", "batch_size", "trust_noise_file")
+                "seed", "seeds", "device", "out", "epochs", "batch_size", "trust_noise_file",
+                "recipe")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default=None, help="auto, cpu, cuda, cuda:1 [default: auto]")
     a("--config", default=None, metavar="FILE", help="JSON or TOML file with settings and "
                                                      "hyper-parameters")
+    a("--recipe", default=None, help=f"a whole released set-up: {', '.join(RECIPES)} (its values "
+                                     f"lie under --config and flags)")
+    a("--print-config", action="store_true", help="print the resolved settings and "
+                                                  "hyper-parameters as one JSON object and exit")
     g = p.add_argument_group("method hyper-parameters (defaults: per-setting presets)")
     for name, typ in HP_FLAGS.items():
         g.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
@@ -137,6 +152,8 @@ def settings_from(args: argparse.Namespace) -> (Settings, Optional[str], Dict):
     for key in ("epochs", "batch_size"):
         if pick(key) is not None:
             hp[key] = pick(key)
+    # a recipe's values lie under the config file's and the flags'
+    hp = {**recipe_hp(pick("recipe"), pick("dataset", "digits")), **hp}
     unknown = [k for k in hp if k not in COMMON and k not in ("epochs", "batch_size")]
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; hyper-parameters are: "
@@ -208,6 +225,10 @@ def _main(args: argparse.Namespace) -> int:
             s.progress, s.plots = not args.no_progress, not args.no_plots
         else:
             s, out, _ = settings_from(args)
+            if args.print_config:
+                if main_rank:
+                    print(json.dumps(resolved_config(s, args.recipe), indent=2))
+                return 0
             if out is None:
                 what = ("compare-" + "-".join(s.methods)) if len(s.methods) > 1 else s.methods[0]
                 out = os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{s.dataset}-"
@@ -234,6 +255,29 @@ def _main(args: argparse.Namespace) -> int:
     if main_rank:
         _print_summary(result, out)
     return 0
+
+
+def resolved_config(s: Settings, recipe: Optional[str]) -> Dict:
+    """What a run with these settings would use: settings, and per method its hyper-parameters
+    and (ANM methods) its ANMConfig. Nothing is loaded but an image folder's class names."""
+    import dataclasses
+
+    from .data import image_folder_preset
+    from .loop import _hp_for
+
+    kind, _ = parse_noise(s.noise)
+    preset = image_folder_preset(s.data_dir) if s.dataset == "imagefolder" else None
+    out: Dict = {"settings": {"dataset": s.dataset, "data_dir": s.data_dir, "presets_of": preset
+                              or s.dataset, "noise": s.noise, "noise_file": s.noise_file,
+                              "noise_rate": s.noise_rate, "methods": s.methods, "seeds": s.seeds,
+                              "device": s.device, "recipe": recipe},
+                 "hyper_parameters": {}, "anm_config": {}}
+    for m in s.methods:
+        hp = _hp_for(s, m, kind, preset)
+        out["hyper_parameters"][m] = hp
+        if m in ("anm", "dividemix-anm"):
+            out["anm_config"][m] = dataclasses.asdict(anm_config(hp))
+    return out
 
 
 def _print_summary(result: Dict, out: str) -> None:

@@ -18,7 +18,12 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from .image_cache import load_images
+
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+# CIFAR-10's classes in its label order (also their sorted order, so folder indices match)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
 
 
@@ -36,6 +41,9 @@ class DataBundle:
     flip: bool = False              # horizontal flips make sense for photos, not for digits
     coarse: Optional[np.ndarray] = None   # CIFAR-100 super-class of each fine class
     class_names: List[str] = field(default_factory=list)
+    # the data set whose noise maps and presets apply, when not `name` (an image folder of
+    # CIFAR-10's ten classes is "cifar10": asym noise and the CIFAR-10 presets work on it)
+    preset: Optional[str] = None
 
     @property
     def clean_known(self) -> bool:
@@ -233,6 +241,16 @@ def _read_image(path: str, size: int) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
+def image_folder_preset(data_dir: Optional[str]) -> Optional[str]:
+    """"cifar10" when data_dir/train holds exactly CIFAR-10's class folders (their noise maps
+    and presets then apply), else None."""
+    folder = os.path.join(data_dir or "", "train")
+    if not os.path.isdir(folder):
+        return None
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    return "cifar10" if classes == list(CIFAR10_CLASSES) else None
+
+
 def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBundle:
     """`data_dir/train/<class>/*.png` and `data_dir/test/<class>/*.png` (torchvision ImageFolder
     layout), resized to image_size and held in memory. The folder name is the clean label of a
@@ -261,8 +279,7 @@ def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBund
         _, files, labels = parts[part]
         if not files:
             raise FileNotFoundError(f"no images in {os.path.join(data_dir, part)}")
-        arr = np.stack([_read_image(os.path.join(data_dir, part, f), image_size)
-                        for f in files])
+        arr = load_images(os.path.join(data_dir, part), files, image_size, _read_image)
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0, labels, files
 
     xtr, ytr, files = read("train")
@@ -271,7 +288,8 @@ def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBund
     std = [max(float(v), 1e-3) for v in xtr.std(dim=(0, 2, 3))]
     bundle = DataBundle("imagefolder", _normalise(xtr, mean, std), ytr, _normalise(xte, mean, std),
                         yte, len(classes), mean, std, pad=max(1, image_size // 8), flip=True,
-                        class_names=classes)
+                        class_names=classes,
+                        preset="cifar10" if classes == list(CIFAR10_CLASSES) else None)
     bundle.train_files = files  # the label list may name images by path
     return bundle
 
@@ -292,10 +310,16 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, image_size: int =
         raise ValueError(f"train_subset must be a positive integer (or unset), got "
                          f"{train_subset!r}")
     if train_subset:  # quick experiments and tests: the first n training images
-        bundle.x_train = bundle.x_train[:train_subset]
-        bundle.y_train = bundle.y_train[:train_subset]
+        keep = slice(0, train_subset)
+        if name == "imagefolder" and train_subset < len(bundle.y_train):
+            # an image folder is read class by class: n images spread evenly over the sorted
+            # list instead, so a subset holds every class (in proportion)
+            keep = np.linspace(0, len(bundle.y_train) - 1, train_subset).round().astype(np.int64)
+        bundle.x_train = bundle.x_train[keep]
+        bundle.y_train = bundle.y_train[keep]
         if hasattr(bundle, "train_files"):
-            bundle.train_files = bundle.train_files[:train_subset]
+            bundle.train_files = [bundle.train_files[i] for i in np.arange(
+                len(bundle.train_files))[keep]]
     return bundle
 
 

@@ -85,7 +85,7 @@ def _prepare_labels(s, data, seed, cache, kind, key, meta) -> NoisyLabels:
     elif not data.clean_known:
         raise ValueError("synthetic noise needs clean training labels")
     labels = make_noisy_labels(kind, s.noise_rate, data.y_train, num_classes=data.num_classes,
-                               dataset=s.dataset, seed=seed, features=data.x_train.numpy(),
+                               dataset=data.preset or s.dataset, seed=seed, features=data.x_train.numpy(),
                                coarse=data.coarse, human=human)
     if not data.clean_known:
         labels.realised_rate = float("nan")
@@ -170,7 +170,9 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
                 bar.close()
         method.end_epoch()
         dist.average_bn_buffers(method.all_modules())  # same model on every rank from here on
-        acc = evaluate(method, data, device)
+        every = int(hp.get("eval_every") or 1)  # CPU measurements: test every k-th epoch
+        acc = evaluate(method, data, device) if (epoch + 1) % every == 0 or \
+            epoch + 1 == epochs else None
         row = {"epoch": epoch, "test_acc": acc, "lr": lr, "seconds": round(time.time() - t0, 3)}
         if method.quality is not None and clean.all():
             row["quality_auc"] = reporting.roc_auc(is_clean, method.quality.cpu().numpy())
@@ -179,8 +181,9 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
             log.write(row)
         if s.progress and main:
             extra = f"  quality AUC {row['quality_auc']:.3f}" if "quality_auc" in row else ""
+            shown = "-" if acc is None else f"{100 * acc:.2f}%"
             print(f"[{method_name} seed {seed}] epoch {epoch + 1}/{epochs}  test acc "
-                  f"{100 * acc:.2f}%{extra}  ({row['seconds']:.1f}s)", file=sys.stderr)
+                  f"{shown}{extra}  ({row['seconds']:.1f}s)", file=sys.stderr)
         state = {"epoch": epoch + 1, "method_name": method_name, "seed": seed, "hp": _plain(hp),
                  "method": method.state_dict(), "rng": ckpt.rng_state()}
         if on_checkpoint is not None:
@@ -276,7 +279,7 @@ def run(s: Settings, out: str, *, stop_after: Optional[int] = None,
                   f"{100 * labels.realised_rate:.2f}% on {len(labels.noisy)} training images",
                   file=sys.stderr)
         for m in s.methods:
-            hp = _hp_for(s, m, kind)
+            hp = _hp_for(s, m, kind, data.preset)
             run_dir = os.path.join(out, m, f"seed{seed}")
             done = os.path.join(run_dir, "result.json")
             if os.path.exists(done) and _finished(done, hp):
@@ -295,7 +298,8 @@ def run(s: Settings, out: str, *, stop_after: Optional[int] = None,
                 continue
             curves[m].append([r["test_acc"] for r in
                               reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"),
-                                                   resume_epoch=10**9).rows()])
+                                                   resume_epoch=10**9).rows()
+                              if r.get("test_acc") is not None])
     out_obj = {"dataset": s.dataset, "noise": s.noise, "noise_rate": s.noise_rate,
                "device": str(device), "results": results, "complete": not interrupted}
     if not main:
@@ -317,7 +321,8 @@ def _finished(result_path: str, hp: Dict) -> bool:
         return json.load(f).get("epochs") == int(hp["epochs"])
 
 
-def _hp_for(s: Settings, method: str, kind: str) -> Dict:
+def _hp_for(s: Settings, method: str, kind: str, preset: Optional[str] = None) -> Dict:
+    """`preset`: the data set whose presets apply when not s.dataset (DataBundle.preset)."""
     overrides = dict(s.hp)
     overrides.update(s.method_hp.get(method, {}))
-    return resolve(method, s.dataset, kind, s.noise_rate, overrides)
+    return resolve(method, preset or s.dataset, kind, s.noise_rate, overrides)

@@ -24,6 +24,12 @@ COMMON: Dict[str, Any] = dict(
     anm_area_scale=None, anm_quality_gain=None, anm_label_gain=None,
     # label quality: average the last 5 epochs of losses at very high noise (spec stage 5)
     loss_history=False,
+    # ANM ablation switches: which parts a run keeps (methods/anm_parts.py)
+    anm_max_copy=True, anm_min_copy=True, anm_soften=True, anm_recon=True,
+    # the released SANM script's choices, off by default (recipes.py: --recipe sanm-release)
+    softmax_in_net=False, views="standard", warmup_views="standard", warmup_clip=0.0,
+    decoder="auto",
+    eval_every=1,                # test accuracy every k-th epoch (and the last): CPU budgets
     compile=False, threads=None, image_size=32, train_subset=None, pretrained=None,
     sync_bn=True,                # torchrun: BatchNorm over the global batch (distributed.py)
 )

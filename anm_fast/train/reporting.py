@@ -72,11 +72,12 @@ def _row(line: str):
 
 
 def summarise(rows: Sequence[Dict]) -> Dict[str, float]:
-    acc = [r["test_acc"] for r in rows]
+    # epochs without a test pass (eval_every > 1) hold test_acc None
+    acc = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
     if not acc:
         return {}
     return {"last": acc[-1], "best": max(acc), "mean_last10": float(np.mean(acc[-10:])),
-            "epochs": len(acc)}
+            "epochs": len(rows)}
 
 
 def write_json(path: str, obj) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import distributed as dist
-from .anm_parts import make_decoder, masked
+from .anm_parts import ablated_loss, make_decoder, masked, wants_decoder
 from .base import Method, sharpen
 
 
@@ -26,8 +26,11 @@ class ANM(Method):
 
         self.anm_cfg = anm_config(self.hp)
         self.net = self.build_net()
-        self.decoder = make_decoder(self, self.net)
-        opt, sched = self.build_opt(list(self.net.parameters()) + list(self.decoder.parameters()))
+        self.decoder = make_decoder(self, self.net) if wants_decoder(self) else None
+        params = list(self.net.parameters())
+        if self.decoder is not None:
+            params += list(self.decoder.parameters())
+        opt, sched = self.build_opt(params)
         self.opts, self.scheds = [opt], [sched]
         self.history = None
         if self.hp.get("loss_history"):
@@ -66,7 +69,7 @@ class ANM(Method):
                 self.net.train()
             t = q[:, None] * y + (1 - q[:, None]) * sharpen(p, hp["T"])
             res = masked(self, self.net, self.decoder, x, t, q, idx)
-            loss = res.loss.float()
+            loss = ablated_loss(self, res, t).float()  # res.loss unless a part is off
             objective = loss * self.slice_weight  # (see Method.batches)
             if hp.get("prior_penalty", True):
                 prior = torch.full((N,), 1.0 / N, device=loss.device)
@@ -87,11 +90,11 @@ class ANM(Method):
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def extra_state(self):
-        return dict(decoder=self.decoder.state_dict(),
+        return dict(decoder=self.decoder.state_dict() if self.decoder is not None else None,
                     history=self.history.state_dict() if self.history else None)
 
     def load_extra_state(self, state):
-        if state.get("decoder") is not None:
+        if state.get("decoder") is not None and self.decoder is not None:
             self.decoder.load_state_dict(state["decoder"])
         if self.history is not None and state.get("history"):
             self.history.load_state_dict(state["history"])

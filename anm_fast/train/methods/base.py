@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -61,6 +62,9 @@ class Method:
         self._aug_epoch = 0
         self._aug_calls = 0
         self.quality: Optional[torch.Tensor] = None   # latest label quality of the train set
+        self._reported_pretrained = False
+        self._warming = False
+        self._strong = None  # augment_strong.StrongViews, built on first use
 
     # -------------------------------------------------------------------------- building blocks
     def build_net(self) -> torch.nn.Module:
@@ -76,10 +80,17 @@ class Method:
         net = build_model(name, d.num_classes, in_channels=d.x_train.shape[1], **kwargs)
         if self.hp.get("pretrained"):
             # Local weights only (never downloaded); the classifier head may differ in size.
-            state = torch.load(self.hp["pretrained"], map_location="cpu", weights_only=True)
-            own = net.state_dict()
-            state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-            net.load_state_dict(state, strict=False)
+            from ..pretrained import load_pretrained
+
+            loaded, total = load_pretrained(net, self.hp["pretrained"])
+            if dist.is_main() and not self._reported_pretrained:
+                print(f"pretrained: loaded {loaded} of the model's {total} tensors from "
+                      f"{self.hp['pretrained']}", file=sys.stderr)
+                self._reported_pretrained = True
+        if self.hp.get("softmax_in_net"):
+            from .softmax_output import SoftmaxOutput
+
+            net = SoftmaxOutput(net)
         net = net.to(self.ctx.device)
         if self.hp.get("sync_bn"):
             net = dist.convert_sync_bn(net, self.ctx.device)
@@ -98,6 +109,8 @@ class Method:
         else:
             raise ValueError(f"unknown schedule {self.hp['schedule']!r}: step or cosine")
         dist.average_gradients_on_step(opt)  # data parallel: no-op in a single process
+        if self.hp.get("warmup_clip"):
+            opt.register_step_pre_hook(self._clip_in_warmup)
         return opt, sched
 
     def autocast(self):
@@ -124,9 +137,21 @@ class Method:
             self.slice_weight = w * len(local) / len(batch)
             yield local
 
-    def images(self, idx: torch.Tensor, aug: bool = True) -> torch.Tensor:
+    def images(self, idx: torch.Tensor, aug: bool = True, view: Optional[str] = None
+               ) -> torch.Tensor:
+        """Training images `idx`, with the trainer's crop and flip (aug), or through one of the
+        strong-augmentation views of augment_strong.py (view)."""
         x = self.ctx.data.x_train[idx].to(self.ctx.device, non_blocking=True)
-        if aug:
+        if view is not None:
+            if self._strong is None:
+                from ..augment_strong import StrongViews
+
+                d = self.ctx.data
+                self._strong = StrongViews(d.mean, d.std, x.shape[-1], d.pad)
+            x = self._strong(view, x, idx, seed=self.ctx.seed, epoch=self._aug_epoch,
+                             call=self._aug_calls)
+            self._aug_calls += 1
+        elif aug:
             x = augment_keyed(x, idx, self.ctx.seed, self._aug_epoch, self._aug_calls,
                               self.ctx.data.pad, self.ctx.data.flip)
             self._aug_calls += 1
@@ -169,7 +194,9 @@ class Method:
         return gmm_clean_posterior(losses)
 
     def warmup_step(self, net, opt, idx) -> float:
-        x, y = self.images(idx), self.labels(idx)
+        # the release's warm-up view (ColorJitter + RandomAffine) under warmup_views "sanm"
+        view = "warmup" if self.hp.get("warmup_views", "standard") == "sanm" else None
+        x, y = self.images(idx, view=view), self.labels(idx)
         with self.autocast():
             logits = net(x)
         loss = F.cross_entropy(logits.float(), y)
@@ -179,8 +206,20 @@ class Method:
             loss = loss + (p * p.clamp_min(1e-12).log()).sum(1).mean()
         opt.zero_grad(set_to_none=True)
         (loss * self.slice_weight).backward()  # (see batches)
-        opt.step()
+        self._warming = True  # the release clips warm-up gradients (_clip_in_warmup)
+        try:
+            opt.step()
+        finally:
+            self._warming = False
         return float(loss.detach())
+
+    def _clip_in_warmup(self, optimizer, args, kwargs):
+        # an optimiser step pre-hook registered after the cross-rank averaging one, so under
+        # torchrun the averaged gradient is clipped, as one process would clip it
+        if self._warming:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]],
+                float(self.hp["warmup_clip"]))
 
     # ------------------------------------------------------------------------------- interface
     def nets(self) -> List[torch.nn.Module]:
@@ -197,7 +236,9 @@ class Method:
             was = net.training
             net.eval()
             with self.autocast():
-                probs = probs + net(x).float().softmax(1)
+                out = net(x).float()
+            # softmax_in_net: the outputs are probabilities already (the release sums them)
+            probs = probs + (out if self.hp.get("softmax_in_net") else out.softmax(1))
             net.train(was)
         return probs / len(self.nets())
 

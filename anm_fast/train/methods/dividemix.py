@@ -15,12 +15,14 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from .base import Method, linear_rampup, sharpen
-from .anm_parts import make_decoder, masked_step_inputs
+from .anm_parts import make_decoder, masked_step_inputs, wants_decoder
 
 
 class DivideMix(Method):
     name = "dividemix"
     uses_anm = False
+    # views "sanm": the release's MixMatch views per branch (the erased copies come on top)
+    _RELEASED_MIX_VIEWS = ("autoaugment", "autoaugment", "randaugment", "randaugment")
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -30,7 +32,8 @@ class DivideMix(Method):
             from ..presets import anm_config
 
             self.anm_cfg = anm_config(self.hp)
-            self.decoders = [make_decoder(self, self.net1), make_decoder(self, self.net2)]
+            if wants_decoder(self):  # the reconstruction part (an ablation switch)
+                self.decoders = [make_decoder(self, self.net1), make_decoder(self, self.net2)]
         self.opts, self.scheds = [], []
         for i, net in enumerate((self.net1, self.net2)):
             params = list(net.parameters())
@@ -94,7 +97,7 @@ class DivideMix(Method):
 
     def _train_net(self, epoch, net, other, opt, prob, k, bar):
         hp = self.hp
-        B, T, N = hp["batch_size"], hp["T"], self.ctx.num_classes
+        B, N = hp["batch_size"], self.ctx.num_classes
         prob_cpu = prob.detach().cpu()
         labeled = torch.nonzero(prob_cpu > hp["p_threshold"]).flatten()
         unlabeled = torch.nonzero(prob_cpu <= hp["p_threshold"]).flatten()
@@ -126,28 +129,8 @@ class DivideMix(Method):
             except StopIteration:
                 u_iter = self.batches(unlabeled, B)
                 idx_u = next(u_iter)
-            x1, x2 = self.images(idx_x), self.images(idx_x)
-            u1, u2 = self.images(idx_u), self.images(idx_u)
-            y = self.one_hot(self.labels(idx_x))
-            w = w_all[idx_x.to(w_all.device)].to(self.ctx.device).float()[:, None]
-            with torch.no_grad(), self.autocast():
-                # co-guessing on the unlabeled batch, label refinement on the labeled one
-                pu = (net(u1).float().softmax(1) + net(u2).float().softmax(1) +
-                      other(u1).float().softmax(1) + other(u2).float().softmax(1)) / 4
-                tu = sharpen(pu, T)
-                px = (net(x1).float().softmax(1) + net(x2).float().softmax(1)) / 2
-                tx = sharpen(w * y + (1 - w) * px, T)
-            groups_x, targets_x = [x1, x2], [tx, tx]
-            groups_u, targets_u = [u1, u2], [tu, tu]
-            recon = None
-            if self.uses_anm:
-                wu = prob[idx_u.to(prob.device)].to(self.ctx.device).float()
-                ex, etx, eu, etu, recon = masked_step_inputs(
-                    self, net, self.decoders[k], x1, tx, w[:, 0], idx_x, u1, tu, wu, idx_u)
-                groups_x += [ex]
-                targets_x += [etx]
-                groups_u += [eu]
-                targets_u += [etu]
+            groups_x, targets_x, groups_u, targets_u, recon = self.mixmatch_groups(
+                net, other, k, idx_x, idx_u, w_all, prob)
             all_in = torch.cat(groups_x + groups_u)
             all_t = torch.cat(targets_x + targets_u)
             n_x = sum(len(g) for g in groups_x)
@@ -183,6 +166,50 @@ class DivideMix(Method):
         if not self.uses_anm:
             out.pop("recon")
         return out
+
+    def mixmatch_groups(self, net, other, k, idx_x, idx_u, w_all, prob):
+        """One step's MixMatch groups of the labeled (idx_x) and unlabeled (idx_u) batches:
+        (groups_x, targets_x, groups_u, targets_u, reconstruction loss or None), one target
+        tensor per image group. Labeled targets: sharpen(w * y + (1 - w) * mean prediction of
+        `net` on two views), w = w_all[idx_x] (the other network's clean posterior); unlabeled:
+        sharpen(mean prediction of both networks on two views). Groups per branch: those two
+        views (views "standard") or four more (views "sanm": two AutoAugment, two RandAugment +
+        cutout), then with ANM the kept erased copies of the first view."""
+        T = self.hp["T"]
+        released = self.hp.get("views", "standard") == "sanm"
+        view = "autoaugment" if released else None  # the guessing and erasing views
+
+        def two(idx):
+            return [self.images(idx, view=view) for _ in range(2)]
+
+        (x1, x2), (u1, u2) = two(idx_x), two(idx_u)
+        y = self.one_hot(self.labels(idx_x))
+        w = w_all[idx_x.to(w_all.device)].to(self.ctx.device).float()[:, None]
+        with torch.no_grad(), self.autocast():
+            # co-guessing on the unlabeled batch, label refinement on the labeled one
+            pu = (net(u1).float().softmax(1) + net(u2).float().softmax(1) +
+                  other(u1).float().softmax(1) + other(u2).float().softmax(1)) / 4
+            tu = sharpen(pu, T)
+            px = (net(x1).float().softmax(1) + net(x2).float().softmax(1)) / 2
+            tx = sharpen(w * y + (1 - w) * px, T)
+        if released:
+            groups_x = [self.images(idx_x, view=v) for v in self._RELEASED_MIX_VIEWS]
+            groups_u = [self.images(idx_u, view=v) for v in self._RELEASED_MIX_VIEWS]
+        else:
+            groups_x, groups_u = [x1, x2], [u1, u2]
+        targets_x, targets_u = [tx] * len(groups_x), [tu] * len(groups_u)
+        recon = None
+        if self.uses_anm:
+            wu = prob[idx_u.to(prob.device)].to(self.ctx.device).float()
+            decoder = self.decoders[k] if self.decoders else None
+            ex, etx, eu, etu, recon = masked_step_inputs(
+                self, net, decoder, x1, tx, w[:, 0], idx_x, u1, tu, wu, idx_u)
+            B, Bu = len(x1), len(u1)
+            groups_x += list(ex.split(B)) if len(ex) else []
+            targets_x += list(etx.split(B)) if len(ex) else []
+            groups_u += list(eu.split(Bu)) if len(eu) else []
+            targets_u += list(etu.split(Bu)) if len(eu) else []
+        return groups_x, targets_x, groups_u, targets_u, recon
 
     def _class_floor(self, prob_cpu, labeled, prob):
         """Ours, off by default (class_floor=0): the GMM split is global, so on small data sets
