@@ -57,6 +57,22 @@ def built_with_cuda() -> bool:
     return _LOADED and bool(torch.ops.anm_fast._built_with_cuda())
 
 
+def built_cuda_archs():
+    """The GPU architectures the compiled CUDA kernels carry ("sm_90", "compute_90", ...), as the
+    extension reports them (`anm_fast._C.cuda_archs()`), or None when it does not say."""
+    if not built_with_cuda():
+        return None
+    from . import _C
+
+    report = getattr(_C, "cuda_archs", None)
+    if report is None:
+        return None
+    archs = report() if callable(report) else report
+    if isinstance(archs, str):
+        archs = archs.replace(",", ";").split(";")
+    return [a.strip() for a in archs if a.strip()] or None
+
+
 def has_cuda_kernels() -> bool:
     """True when the compiled extension carries CUDA kernels for every op. Asked of the build
     itself, not of the dispatcher, whose CUDA key a Python backend override may also fill."""

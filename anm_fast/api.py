@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _checks as chk
-from . import _ext
+from . import _ext, backend
 from ._ops import ops
 from .config import ANMConfig
 
@@ -231,12 +231,15 @@ def erase_and_modulate(x: torch.Tensor, targets: torch.Tensor, box_max: torch.Te
                                           r.detach(), float(label_gain)))
 
 
-def _use_fused_cpu_op(x: torch.Tensor, targets: torch.Tensor) -> bool:
-    """The fused op has a C++ CPU kernel and no autograd: CPU batches whose images and targets
-    need no gradient (the training-loop case: both come from the data and a no-grad guess)."""
-    if x.device.type != "cpu" or not _ext.has_extension():
+def _use_fused_op(x: torch.Tensor) -> bool:
+    """Whether the fused op (stages 1-3 in one pass, differentiable in x and targets) serves the
+    batch's device: the C++ kernel on the CPU; on CUDA, the active backend's (Triton, the
+    reference, or the compiled CUDA kernels when built with it)."""
+    if not _ext.has_extension():
         return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or targets.requires_grad))
+    if x.device.type == "cpu":
+        return True
+    return x.device.type == "cuda" and backend.fused_op_on_cuda()
 
 
 def _fused_op_args(config: ANMConfig, C: int, cached: bool = True) -> tuple:
@@ -332,9 +335,9 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
     q = _quality(quality, B, x.device)
     ids = _sample_ids(sample_ids, B, x.device)
     seed_t = _seed_tensor(seed, x.device)
-    if _use_fused_cpu_op(x, t):
-        # One pass over the batch (csrc/cpu/anm_mask_cpu.cpp): the same results as the three
-        # ops below, with the quality and energy checks made inside the kernel.
+    if _use_fused_op(x):
+        # One pass over the batch (csrc/cpu/anm_mask_cpu.cpp, kernels/anm_mask.py): the same
+        # results as the three ops below, with the quality and energy checks made by the op.
         if labels is not None:
             chk.check_values(labels=labels, num_classes=n)
         out = ops.anm_mask(x, fmap.detach() if fmap.requires_grad else fmap, t, q, ids, seed_t,

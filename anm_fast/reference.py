@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -76,11 +77,35 @@ def uniform_f32(word: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------
 # Stage 1: activation energy and peaks.
+def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded square root, what every kernel computes (std::sqrt, sqrt.rn).
+    torch's CPU sqrt is not always correctly rounded (its vectorised loop can be one ulp off,
+    float32 and float64 alike); NumPy's is, and so is torch's on CUDA."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sqrt(x.numpy()))
+    return x.sqrt()
+
+
 def energy_map(fmap: torch.Tensor) -> torch.Tensor:
-    """(B, K, h, w) -> (B, h, w) float32: sum of squares over channels, L2-normalised per sample."""
+    """(B, K, h, w) -> (B, h, w) float32: sum of squares over channels, L2-normalised per sample.
+
+    Summed in the one order every backend follows (csrc/anm_common.h, "energy summation order"),
+    so the energies are the same bits on every backend and device: each position's squares in
+    one chain over the channels k = 0, 1, ..., the norm's squares in one chain over the positions
+    in row-major order, then e / norm rounded once to float32. (torch's sum would add in a tree
+    whose shape depends on the device and the layout.)"""
     acc = torch.float64 if fmap.dtype == torch.float64 else torch.float32
-    energy = fmap.to(acc).square().sum(dim=1)
-    norm = energy.flatten(1).norm(dim=1).clamp_min(1e-12)
+    B, K, h, w = fmap.shape
+    energy = torch.zeros((B, h, w), dtype=acc, device=fmap.device)
+    for k in range(K):
+        v = fmap[:, k].to(acc)
+        energy = energy + v * v
+    flat = energy.reshape(B, h * w)
+    sq = torch.zeros((B,), dtype=acc, device=fmap.device)
+    for p in range(h * w):
+        sq = sq + flat[:, p] * flat[:, p]
+    norm = sqrt_rn(sq)
+    norm = torch.where(norm < 1e-12, torch.full_like(norm, 1e-12), norm)  # NaN stays NaN
     return (energy / norm[:, None, None]).to(torch.float32)
 
 
@@ -104,7 +129,10 @@ def peaks_of_map(resized: torch.Tensor, band: float) -> Tuple[torch.Tensor, torc
 def linear_taps(in_size: int, out_size: int, device=None):
     """Source indices (i0, i1) and weight lambda of each output index, half-pixel centres and
     edge clamping (interpolate(bilinear, align_corners=False)), in float32 step by step."""
-    scale = torch.tensor(float(in_size), dtype=torch.float32, device=device) / float(out_size)
+    # Divided by a tensor, not a Python number: on CUDA, ATen turns a division by a number into a
+    # multiplication by its reciprocal, which differs from the kernels' quotient in the last bit.
+    scale = (torch.tensor(float(in_size), dtype=torch.float32, device=device)
+             / torch.tensor(float(out_size), dtype=torch.float32, device=device))
     dst = torch.arange(out_size, dtype=torch.float32, device=device)
     src = (scale * (dst + 0.5) - 0.5).clamp_min(0.0)
     i0 = src.floor().to(torch.int64).clamp_max(in_size - 1)
@@ -154,8 +182,8 @@ def box_geometry(u_area, u_aspect, quality, height, width, area_lo, area_hi, qua
     hi_aspect = 1.0 / aspect_lo
     rho = aspect_lo + (hi_aspect - aspect_lo) * u_aspect
     area = area_scale * s * float(height) * float(width)
-    bh = round_half_even(torch.sqrt(area * rho)).clamp(1.0, float(height)).to(torch.int64)
-    bw = round_half_even(torch.sqrt(area / rho)).clamp(1.0, float(width)).to(torch.int64)
+    bh = round_half_even(sqrt_rn(area * rho)).clamp(1.0, float(height)).to(torch.int64)
+    bw = round_half_even(sqrt_rn(area / rho)).clamp(1.0, float(width)).to(torch.int64)
     return s, bh, bw
 
 
@@ -220,6 +248,13 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _classes_but_one(t: torch.Tensor) -> torch.Tensor:
+    """N - 1 for (B, N) targets as a 0-d tensor on their device: a division by it is a true
+    division on every device (a Python divisor is a reciprocal multiply on CUDA, see
+    linear_taps)."""
+    return torch.tensor(float(t.shape[1] - 1), dtype=t.dtype, device=t.device)
+
+
 def label_shift(targets: torch.Tensor, ratio: torch.Tensor, label_gain: float):
     """Top class k, the shift d = min(label_gain * s, t_k) and whether the clamp is active."""
     t = targets.to(_opmath(targets.dtype))
@@ -233,8 +268,7 @@ def label_shift(targets: torch.Tensor, ratio: torch.Tensor, label_gain: float):
 
 def modulate_targets(targets: torch.Tensor, ratio: torch.Tensor, label_gain: float) -> torch.Tensor:
     t, k, d, _ = label_shift(targets, ratio, label_gain)
-    n = t.shape[1]
-    out = t + (d / (n - 1))[:, None]
+    out = t + (d / _classes_but_one(t))[:, None]
     out.scatter_(1, k[:, None], (t.gather(1, k[:, None])[:, 0] - d)[:, None])
     return out.to(targets.dtype)
 
@@ -263,9 +297,29 @@ def erase_and_modulate_backward(grad_erased, grad_targets, targets, box_max, box
     # does t_k reach the output: then t'_k = 0 and every other class gains t_k / (N-1).
     _, k, _, clamped = label_shift(targets, ratio, label_gain)
     g_t = grad_targets.to(_opmath(grad_targets.dtype))
-    n = g_t.shape[1]
     g_k = g_t.gather(1, k[:, None])[:, 0]
-    spread = (g_t.sum(dim=1) - g_k) / (n - 1)
+    spread = (g_t.sum(dim=1) - g_k) / _classes_but_one(g_t)
     new_k = torch.where(clamped, spread, g_k)
     grad_t = g_t.scatter(1, k[:, None], new_k[:, None]).to(grad_targets.dtype)
     return grad_x, grad_t
+
+
+# ------------------------------------------------------------------------------------------------
+# Stages 1-3 in one call.
+def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, area_lo: float,
+             area_hi: float, quality_gain: float, aspect_lo: float, area_scale: float,
+             center_anchor: bool, uniform_fill: bool, fill_value, label_gain: float,
+             check_values: bool):
+    """activation_peaks -> sample_boxes -> erase_and_modulate, with the outputs of
+    torch.ops.anm_fast.anm_mask (the seed handed back last). The value checks (`check_values`)
+    are the caller's."""
+    B, C, H, W = x.shape
+    peak_max, peak_min, energy = activation_peaks(fmap, H, W, band)
+    boxes = sample_boxes(peak_max, peak_min, quality, sample_ids, seed, H, W, C, area_lo,
+                         area_hi, quality_gain, aspect_lo, area_scale, center_anchor,
+                         uniform_fill, fill_value)
+    box_max, box_min, ratio, fill_max, fill_min = boxes
+    erased, targets_out = erase_and_modulate(x, targets, box_max, box_min, fill_max, fill_min,
+                                             ratio, label_gain)
+    seed_out = seed.reshape(()).to(device=x.device, dtype=torch.int64, copy=True)
+    return (erased, targets_out, *boxes, peak_max, peak_min, energy, seed_out)

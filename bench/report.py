@@ -351,22 +351,6 @@ def pick_backends(paths: List[str]) -> Dict[str, dict]:
     return out
 
 
-def write_picks(picks: Dict[str, dict], path: str, note: str) -> None:
-    """Merge `picks` into the measured-backends file (other GPU models kept), atomically."""
-    data = {"version": 1, "gpus": {}}
-    if os.path.exists(path):
-        with open(path) as f:
-            data = json.load(f)
-    data.setdefault("gpus", {})
-    for gpu, entry in picks.items():
-        data["gpus"][gpu] = dict(entry, measured=note)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s)")
@@ -378,20 +362,14 @@ def main(argv=None) -> int:
                     help="print README's headline table instead: give the 1-thread CPU-time JSON "
                          "then the 2-thread wall-clock JSON")
     ap.add_argument("--pick-backend", action="store_true",
-                    help="record, per GPU model in the JSON, whether the triton or the cuda "
-                         "backend was faster, in anm_fast/measured_backends.json (read by "
-                         "ANM_FAST_BACKEND=auto)")
+                    help="print, per GPU model in the JSON, whether the triton or the cuda "
+                         "backend was faster (for bench/RESULTS.md; the library's choice is a "
+                         "fixed priority, anm_fast/backend.py)")
     args = ap.parse_args(argv)
     if args.pick_backend:
         picks = pick_backends(args.json)
         if not picks:
             ap.error("no GPU run with both fused-triton and fused-cuda timings in these files")
-        _, meta = load(args.json)
-        note = f"{(meta or {}).get('datetime', '?')} commit " \
-               f"{((meta or {}).get('commit_info') or {}).get('id', '?')[:10]}"
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "anm_fast", "measured_backends.json")
-        write_picks(picks, path, note)
         for gpu, entry in picks.items():
             print(f"{gpu}: {entry['faster']} (t_triton / t_cuda geometric mean "
                   f"{entry['triton_over_cuda_geomean']} over {entry['pairs']} timings)")

@@ -1,7 +1,7 @@
 """The fused CPU op (torch.ops.anm_fast.anm_mask, csrc/cpu/anm_mask_cpu.cpp) against the three ops
 it fuses and against the reference: bit-identical outputs on every dtype mix, layout, odd shape,
 batch 1 and large, fill mode and anchor; the value checks of the Python API; opcheck; and when
-anm_fast.anm_mask takes it (CPU, no input needing a gradient) or not."""
+anm_fast.anm_mask takes it (also when x or targets need a gradient) or not."""
 import itertools
 
 import pytest
@@ -176,15 +176,15 @@ def test_non_finite_fmap_is_a_value_error_unless_checks_are_off():
 
 
 def _call_api(fused, *args, **kwargs):
-    orig = api._use_fused_cpu_op
-    api._use_fused_cpu_op = (lambda x, t: True) if fused else (lambda x, t: False)
+    orig = api._use_fused_op
+    api._use_fused_op = (lambda x: True) if fused else (lambda x: False)
     try:
         return anm_fast.anm_mask(*args, **kwargs)
     finally:
-        api._use_fused_cpu_op = orig
+        api._use_fused_op = orig
 
 
-def test_api_takes_the_fused_op_only_without_gradients(monkeypatch):
+def test_api_takes_the_fused_op_also_with_gradients(monkeypatch):
     x, fmap, t, q, _ = _inputs(5, 3, 10, 10, 4, 3, 3)
     calls = []
 
@@ -207,13 +207,19 @@ def test_api_takes_the_fused_op_only_without_gradients(monkeypatch):
     plain = anm_fast.anm_mask(x, fmap, t, q, seed=4)
     assert calls == [1]
     xg = x.clone().requires_grad_(True)
-    graded = anm_fast.anm_mask(xg, fmap, t, q, seed=4)
-    assert calls == [1]  # x needs a gradient: the three differentiable ops
-    graded.erased.sum().backward()
-    assert xg.grad is not None
+    tg = t.clone().requires_grad_(True)
+    graded = anm_fast.anm_mask(xg, fmap, tg, q, seed=4)
+    assert calls == [1, 1]  # x needs a gradient: the fused op, differentiable (general path)
+    g_e, g_t = torch.randn_like(graded.erased), torch.randn_like(graded.targets)
+    torch.autograd.backward((graded.erased, graded.targets), (g_e, g_t))
+    # the gradient of the three differentiable ops, bit for bit
+    xr, tr = x.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    three = _call_api(False, xr, fmap, tr, q, seed=4)
+    torch.autograd.backward((three.erased, three.targets), (g_e, g_t))
+    assert torch.equal(xg.grad, xr.grad) and torch.equal(tg.grad, tr.grad)
     with torch.no_grad():
         anm_fast.anm_mask(xg, fmap, t, q, seed=4)
-    assert calls == [1, 1]  # no gradient can flow: fused again
+    assert calls == [1, 1, 1]  # no gradient can flow: the short path again
     for a, b in zip(plain, graded):
         assert torch.equal(a, b.detach())
 

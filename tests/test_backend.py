@@ -42,6 +42,7 @@ def test_default_is_the_best_available():
     available = backend.available_backends()
     assert available[-1] == "reference"
     assert backend.set_backend("auto") == available[0] == anm_fast.get_backend()
+    assert available == tuple(b for b in backend.PRIORITY if b in available)
     expected = "cuda" if anm_fast.has_extension() and backend._state["compiled_cuda"] else None
     if expected is None:
         expected = "triton" if "triton" in available else "reference"
@@ -136,58 +137,115 @@ def test_environment_variable_at_import():
     assert out.stdout.strip().splitlines()[-1] == "reference"
 
 
-# ------------------------------------------------------- "auto" from measurements on a GPU model
-def fake_measurements(monkeypatch, table, available=("cuda", "triton", "reference")):
-    monkeypatch.setitem(backend._state, "measured", dict(table))
-    monkeypatch.setattr(backend, "available_backends", lambda: tuple(available))
+# ------------------------------------------------------------ the fixed priority and its reasons
+def test_auto_follows_the_documented_priority(monkeypatch):
+    assert backend.PRIORITY == ("cuda", "triton", "reference")
+    reasons = {"cuda": "no CUDA here", "triton": None, "reference": None}
+    monkeypatch.setattr(backend, "_unavailable_reason", lambda name: reasons[name])
+    assert backend.available_backends() == ("triton", "reference")
+    assert backend.auto_choice() == "triton"
+    reasons["triton"] = "no triton here"
+    assert backend.auto_choice() == "reference"
 
 
-def test_auto_takes_the_measured_winner_of_this_gpu_model(monkeypatch):
-    fake_measurements(monkeypatch, {"NVIDIA H100 80GB HBM3": "triton"})
-    assert backend.auto_choice("NVIDIA H100 80GB HBM3") == "triton"
-    assert backend.auto_choice("NVIDIA A100-SXM4-40GB") == "cuda"  # not measured: default order
-    assert backend.auto_choice(None) == "cuda"
-    # a measured winner this installation cannot provide is not taken
-    fake_measurements(monkeypatch, {"NVIDIA H100 80GB HBM3": "cuda"},
-                      available=("triton", "reference"))
-    assert backend.auto_choice("NVIDIA H100 80GB HBM3") == "triton"
+def test_explain_names_the_choice_and_why_not_the_others():
+    backend.set_backend("reference")
+    text = backend.explain()
+    assert "served by 'reference'" in text and "requested: 'reference'" in text
+    assert "cuda > triton > reference" in text
+    lines = {line.split(":")[0].strip(): line for line in text.splitlines()[2:5]}
+    assert lines.keys() == {"cuda", "triton", "reference"}
+    assert "selected" in lines["reference"]
+    for name in ("cuda", "triton"):
+        reason = backend._unavailable_reason(name)
+        if reason is None:
+            assert "available, not requested" in lines[name]
+        else:
+            assert "not available" in lines[name] and reason in lines[name]
+    assert "CPU tensors are served by" in text
 
 
-def test_auto_decides_on_the_first_cuda_call_only_when_a_measurement_could_matter(monkeypatch):
+def test_nothing_written_by_the_benchmarks_steers_the_choice():
+    import pathlib
+    package = pathlib.Path(anm_fast.__file__).parent
+    assert not list(package.glob("*.json")), "the package carries measurement files"
+    assert "measured" not in backend.__dict__.get("_state", {})
+
+
+@pytest.mark.parametrize("archs,capability,fits", [
+    (["sm_80", "sm_90"], (9, 0), True),
+    (["sm_80", "sm_90"], (8, 6), True),        # same major, newer minor: the sm_80 code runs
+    (["sm_80", "sm_90"], (10, 0), False),      # Blackwell, no PTX: "no kernel image"
+    (["sm_80", "sm_90"], (12, 0), False),
+    (["sm_80", "compute_90"], (12, 0), True),  # PTX is compiled by the driver for newer GPUs
+    (["8.0", "9.0+PTX"], (10, 0), True),       # TORCH_CUDA_ARCH_LIST spelling
+    (["sm_90"], (8, 0), False),
+    (["compute_90"], (8, 9), False),
+    (["sm_90a"], (9, 0), True),
+])
+def test_arch_fit(archs, capability, fits):
+    assert backend._arch_fits(archs, *capability) is fits
+
+
+def test_auto_falls_back_when_the_binary_lacks_the_gpus_arch(monkeypatch):
+    # As on a GPU whose architecture the extension was not built for (CUDA state faked).
+    monkeypatch.setattr(backend, "_compiled_cuda_available", lambda: True)
+    monkeypatch.setattr(backend, "_triton_installed", lambda: True)
+    monkeypatch.setitem(backend._state, "device_misfit", None)
     installed = []
     monkeypatch.setattr(backend, "_install_override", lambda active: installed.append(active))
-    monkeypatch.setattr(backend, "_unavailable_reason", lambda name: None)
-    fake_measurements(monkeypatch, {"Some GPU": "cuda"})  # the default anyway: decide now
-    assert backend.set_backend("auto") == "cuda" and installed[-1] == "cuda"
-    assert backend._state["pending_auto"] is False
-    fake_measurements(monkeypatch, {"Some GPU": "triton"})
-    assert backend.set_backend("auto") == "cuda"  # provisional until the GPU is known
-    assert installed[-1] == "pending-auto" and backend._state["pending_auto"] is True
-    monkeypatch.setattr(backend, "_gpu_name", lambda: "Some GPU")
-    assert backend._settle_auto() == "triton"  # what the first CUDA call runs
+    assert backend.set_backend("auto") == "cuda" and installed[-1] == "pending-auto"
+    monkeypatch.setattr(backend.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(backend.torch.cuda, "get_device_capability", lambda i: (12, 0))
+    monkeypatch.setattr(backend._ext, "built_cuda_archs", lambda: ["sm_80", "sm_90"])
+    with pytest.warns(RuntimeWarning, match=r"built for sm_80, sm_90.*'triton' serves"):
+        assert backend._settle_auto() == "triton"
     assert installed[-1] == "triton" and backend._state["pending_auto"] is False
-    assert backend._settle_auto() == "triton"  # settled once
-    assert installed.count("triton") == 1
-    backend._state["pending_auto"] = False
+    assert "compute capability 12.0" in backend.explain()
+    assert backend.set_backend("auto") == "triton"  # decided once per process
+    # a GPU the binary fits keeps the compiled kernels, without a warning
+    monkeypatch.setitem(backend._state, "device_misfit", None)
+    assert backend.set_backend("auto") == "cuda"
+    monkeypatch.setattr(backend.torch.cuda, "get_device_capability", lambda i: (9, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backend._settle_auto() == "cuda"
+    assert backend._state["device_misfit"] == ""
+    backend._state["device_misfit"] = None
 
 
-def test_a_damaged_measurements_file_warns_and_changes_nothing(monkeypatch, tmp_path):
-    bad = tmp_path / "measured_backends.json"
-    bad.write_text("{ not json")
-    monkeypatch.setattr(backend, "MEASURED_FILE", str(bad))
-    monkeypatch.setitem(backend._state, "measured", None)
-    with pytest.warns(RuntimeWarning, match="ignoring"):
-        assert backend.measured_choices() == {}
-    monkeypatch.setitem(backend._state, "measured", None)
-    bad.write_text('{"version": 1, "gpus": {"X": {"faster": "opencl"}, "Y": {"faster": "triton"}}}')
-    assert backend.measured_choices() == {"Y": "triton"}  # unknown backends are skipped
+def test_triton_compile_failure_falls_back_to_the_reference_per_op(monkeypatch):
+    errors = backend._triton_failure_types()
+    if not errors:
+        pytest.skip("triton is not installed")
+    class NoCodeForThisGPU(errors[0]):  # constructors differ between triton versions
+        def __init__(self, message):
+            Exception.__init__(self, message)
 
+        def __str__(self):
+            return self.args[0]
 
-def test_the_shipped_measurements_file_is_valid():
-    import json
+    def broken(*args):
+        raise NoCodeForThisGPU("ptxas fatal: unsupported architecture 'sm_999'")
 
-    with open(backend.MEASURED_FILE) as f:
-        data = json.load(f)
-    assert data["version"] == 1
-    for gpu, entry in data["gpus"].items():
-        assert entry["faster"] in ("cuda", "triton") and entry["pairs"] > 0, gpu
+    launchers = dict(backend._triton_launchers())
+    launchers["sample_boxes"] = broken
+    monkeypatch.setitem(backend._state, "triton", launchers)
+    monkeypatch.setitem(backend._state, "triton_broken", {})
+    impl = backend._lazy_triton("sample_boxes")
+    args = (torch.tensor([[1, 2]]), torch.tensor([[3, 4]]), torch.tensor([0.5]),
+            torch.tensor([0]), torch.tensor(1), 8, 8, 3, 0.02, 0.07, 0.03, 0.8, 0.5, True, True,
+            torch.zeros(3))
+    with pytest.warns(RuntimeWarning, match="does not compile on this GPU"):
+        got = impl(*args)
+    for g, w in zip(got, anm_fast.reference.sample_boxes(*args)):
+        assert torch.equal(g, w)
+    assert "sample_boxes" in backend._state["triton_broken"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once; later calls go to the reference directly
+        impl(*args)
+    # any other error is the kernel's own and is raised, not hidden
+    launchers["sample_boxes"] = lambda *a: (_ for _ in ()).throw(ValueError("bad argument"))
+    monkeypatch.setitem(backend._state, "triton_broken", {})
+    with pytest.raises(ValueError, match="bad argument"):
+        impl(*args)

@@ -68,18 +68,18 @@ def test_geometric_mean_decides_and_unpaired_or_cpu_rows_are_ignored(tmp_path):
     assert set(picks) == {"GPU A", "GPU B"}
 
 
-def test_write_merges_with_other_gpu_models(tmp_path):
-    report = _report()
-    target = tmp_path / "measured_backends.json"
-    target.write_text(json.dumps({"version": 1, "gpus": {"Old GPU": {"faster": "cuda",
-                                                                     "pairs": 3}}}))
-    report.write_picks({"New GPU": {"faster": "triton", "triton_over_cuda_geomean": 0.8,
-                                    "pairs": 4}}, str(target), "2026-11-25 commit abc")
-    data = json.loads(target.read_text())
-    assert data["gpus"]["Old GPU"]["faster"] == "cuda"
-    assert data["gpus"]["New GPU"]["faster"] == "triton"
-    assert data["gpus"]["New GPU"]["measured"] == "2026-11-25 commit abc"
-    assert not os.path.exists(str(target) + ".tmp")
+def test_pick_backend_prints_and_writes_nothing_into_the_package(tmp_path, capsys):
+    import anm_fast
+
+    runs = {"benchmarks": [_bench("GPU A", "anm_mask", "cifar-B512", "fused-triton", 1.0),
+                           _bench("GPU A", "anm_mask", "cifar-B512", "fused-cuda", 2.0)]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(runs))
+    package = os.path.dirname(anm_fast.__file__)
+    before = sorted(os.listdir(package))
+    assert _report().main(["--pick-backend", str(path)]) == 0
+    assert "GPU A: triton" in capsys.readouterr().out
+    assert sorted(os.listdir(package)) == before
 
 
 def test_gpu_goals_table_from_a_run(tmp_path):

@@ -1,15 +1,17 @@
-"""The compiled CUDA kernels of csrc/cuda.
+"""The GPU backends (the compiled CUDA kernels of csrc/cuda and the Triton kernels) on CUDA tensors.
 
 Without a GPU (CI): whenever the extension was built with its CUDA sources, every op must have a
 compiled CUDA kernel registered, and a CUDA toolkit at build time must have led to such a build.
-On a GPU: the CUDA kernels against the reference (on CUDA tensors) and against the C++ CPU
-kernels: boxes and fills bit for bit, erased images exactly, peaks up to rounding near-ties,
-targets within the dtype's tolerance; gradcheck in float64; CUDA-graph capture of anm_mask.
+On a GPU: each GPU backend ("cuda" and "triton", through the registered ops, the API and autograd)
+against the reference (on CUDA tensors) and against the C++ CPU kernels: boxes and fills bit for
+bit, erased images exactly, peaks up to rounding near-ties, targets within the dtype's tolerance;
+gradcheck in float64; CUDA-graph capture of anm_mask.
 
 ANM_FAST_CUDA_TEST_DEVICE=cpu runs the GPU tests on CPU tensors (against the C++ kernels): it
 checks the tests themselves on a machine without a GPU.
 """
 import ctypes
+import importlib.util
 import os
 
 import pytest
@@ -96,16 +98,23 @@ def test_cuda_toolkit_present_means_cuda_build():
 
 
 # --------------------------------------------------------------------------------------- helpers
-@pytest.fixture
-def cuda_backend():
-    if not ON_CUDA:
-        yield
+@pytest.fixture(params=["cuda", "triton"])
+def cuda_backend(request):
+    """Each GPU backend in turn serves the CUDA dispatch key (the ops, the API and autograd)."""
+    name = request.param
+    if not ON_CUDA:  # the CPU self-check of these tests: once, against the C++ kernels
+        if name != "cuda":
+            pytest.skip("ANM_FAST_CUDA_TEST_DEVICE=cpu runs each test once")
+        yield name
         return
-    if not built_with_cuda() or not anm_fast.backend._compiled_cuda_available():
+    if name == "cuda" and (not built_with_cuda()
+                           or not anm_fast.backend._compiled_cuda_available()):
         pytest.skip("anm_fast was built without CUDA kernels")
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
     previous = anm_fast.get_backend()
-    anm_fast.set_backend("cuda")
-    yield
+    assert anm_fast.set_backend(name) == name
+    yield name
     anm_fast.set_backend(previous)
 
 
@@ -397,14 +406,17 @@ def test_erase_and_modulate_gradcheck_float64(cuda_backend, kind):
 
 # ------------------------------------------------------------------------------- CUDA graphs
 @cuda_only
-def test_anm_mask_cuda_graph_capture_replays(cuda_backend):
+@pytest.mark.parametrize("seed_kind", ["device", "int"])
+def test_anm_mask_cuda_graph_capture_replays(cuda_backend, seed_kind):
+    # A device seed is read in the kernels (replays follow its new value); an int seed is read on
+    # the host when the graph is captured (no host-to-device copy, which capture forbids).
     B, C, H, W, K, h, w, N = 64, 3, 32, 32, 128, 4, 4, 10
     dev = torch.device("cuda")
     x = torch.randn(B, C, H, W, device=dev)
     fmap = torch.randn(B, K, h, w, device=dev)
     t = torch.softmax(torch.randn(B, N, device=dev), 1)
     q = torch.rand(B, device=dev)
-    seed = torch.tensor(1234, dtype=torch.int64, device=dev)
+    seed = torch.tensor(1234, dtype=torch.int64, device=dev) if seed_kind == "device" else 1234
     anm_fast.set_checks(False)
     try:
         def step():
@@ -424,11 +436,14 @@ def test_anm_mask_cuda_graph_capture_replays(cuda_backend):
                 x.copy_(torch.randn_like(x))
                 fmap.copy_(torch.randn_like(fmap))
                 q.copy_(torch.rand_like(q))
-                seed.fill_(987654321)
+                if seed_kind == "device":
+                    seed.fill_(987654321)
             graph.replay()
             torch.cuda.synchronize()
             eager = step()
             for name, a, b in zip(eager._fields, captured, eager):
+                if name == "seed" and seed_kind == "int":
+                    continue  # the API's own CPU copy of the int
                 assert torch.equal(a, b), f"{name} differs between graph replay and eager"
         # No host synchronisation on the whole path (value checks off).
         torch.cuda.set_sync_debug_mode("error")
@@ -441,19 +456,123 @@ def test_anm_mask_cuda_graph_capture_replays(cuda_backend):
 
 
 @cuda_only
-def test_kernels_follow_current_stream_and_device(cuda_backend):
-    x = torch.randn(8, 3, 32, 32, device="cuda")
-    fmap = torch.randn(8, 16, 4, 4, device="cuda")
-    t = torch.softmax(torch.randn(8, 5, device="cuda"), 1)
-    want = anm_fast.anm_mask(x, fmap, t, 0.5, seed=3)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        got = anm_fast.anm_mask(x, fmap, t, 0.5, seed=3)
-    torch.cuda.current_stream().wait_stream(s)
+def test_a_cpu_seed_and_cpu_fills_cost_no_copy_or_sync(cuda_backend):
+    # How the API passes an int seed and constant fills: as CPU tensors, read on the host.
+    gen = torch.Generator().manual_seed(1)
+    pmax, pmin, q, ids = _sample_inputs(16, 32, 32, DEVICE, gen)
+    args = (32, 32, 3, 0.02, 0.07, 0.03, 0.8, 0.5, True, False, torch.tensor([0.1, 0.2, 0.3]))
+    ops.sample_boxes(pmax, pmin, q, ids, torch.tensor(5), *args)  # first call may cache fills
     torch.cuda.synchronize()
-    for a, b in zip(got, want):
-        assert torch.equal(a, b)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for seed in (5, -7, 2**40 + 3):
+            got = ops.sample_boxes(pmax, pmin, q, ids, torch.tensor(seed), *args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = reference.sample_boxes(pmax, pmin, q, ids, torch.tensor(2**40 + 3, device=DEVICE),
+                                  *args[:-1], args[-1].to(DEVICE))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@cuda_only
+def test_kernels_follow_current_stream_and_device(cuda_backend):
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.randn(8, 3, 32, 32, generator=gen).cuda()
+    fmap0 = torch.randn(8, 16, 4, 4, generator=gen).cuda()
+    t = torch.softmax(torch.randn(8, 5, generator=gen), 1).cuda()
+    anm_fast.set_checks(False)  # a value check's host read would order the streams for us
+    try:
+        want = anm_fast.anm_mask(x0, fmap0, t, 0.5, seed=3)
+        torch.cuda.synchronize()
+        x, fmap = torch.zeros_like(x0), torch.zeros_like(fmap0)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            # The inputs are written on `s` only after a long sleep: a kernel launched on any
+            # other stream runs during the sleep and reads zeros.
+            torch.cuda._sleep(200_000_000)
+            x.copy_(x0)
+            fmap.copy_(fmap0)
+            got = anm_fast.anm_mask(x, fmap, t, 0.5, seed=3)
+            erased = anm_fast.anm_mask(x.requires_grad_(True), fmap, t, 0.5, seed=3).erased
+            erased.backward(torch.ones_like(erased))
+        torch.cuda.synchronize()
+    finally:
+        anm_fast.set_checks(True)
+    for name, a, b in zip(want._fields, got, want):
+        assert torch.equal(a, b), f"{name}: a kernel ran outside the current stream"
+    keep = (~reference.box_mask(torch.cat((got.box_max, got.box_min)), 32, 32)).to(x.dtype)
+    assert torch.equal(x.grad, keep[:8].expand_as(x) + keep[8:].expand_as(x))
+    if torch.cuda.device_count() > 1:  # tensors on the second GPU while the first is current
+        with torch.cuda.device(0):
+            got1 = anm_fast.anm_mask(x0.to("cuda:1"), fmap0.to("cuda:1"), t.to("cuda:1"), 0.5,
+                                     seed=3)
+        for name, a, b in zip(want._fields, got1, want):
+            assert a.device.index == 1 and torch.equal(a.cpu(), b.cpu()), name
+
+
+@cuda_only
+def test_reference_is_the_same_bits_on_cuda_and_cpu():
+    # The oracle itself must not depend on the device: ATen divides by a Python number as a
+    # multiply by its reciprocal on CUDA, so every division in the reference is by a tensor.
+    for n_in in range(1, 40):
+        for n_out in (1, 3, 7, 13, 31, 32, 49, 224, 225, 1000):
+            for a, b in zip(reference.linear_taps(n_in, n_out, "cuda"),
+                            reference.linear_taps(n_in, n_out, "cpu")):
+                assert torch.equal(a.cpu(), b), (n_in, n_out)
+    gen = torch.Generator().manual_seed(4)
+    for N in (2, 3, 7, 10, 100, 1000):
+        t = torch.softmax(torch.randn(64, N, generator=gen) * 3, 1)
+        ratio = torch.rand(64, generator=gen)
+        g = torch.randn(64, N, generator=gen)
+        assert torch.equal(reference.modulate_targets(t.cuda(), ratio.cuda(), 1.5).cpu(),
+                           reference.modulate_targets(t, ratio, 1.5))
+        box = torch.zeros(64, 4, dtype=torch.int64)
+        x = torch.zeros(64, 1, 2, 2)
+        cpu = reference.erase_and_modulate_backward(x.repeat(2, 1, 1, 1), g, t, box, box,
+                                                    ratio, 1.5)
+        gpu = reference.erase_and_modulate_backward(x.repeat(2, 1, 1, 1).cuda(), g.cuda(),
+                                                    t.cuda(), box.cuda(), box.cuda(),
+                                                    ratio.cuda(), 1.5)
+        torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-6, atol=1e-7)  # sums' order
+    fmap = torch.randn(16, 64, 7, 7, generator=gen)
+    for a, b in zip(reference.activation_peaks(fmap.cuda(), 224, 224, 1.0 / 255),
+                    reference.activation_peaks(fmap, 224, 224, 1.0 / 255)):
+        assert torch.equal(a.cpu(), b)
+
+
+@cuda_only
+def test_a_last_partial_batch_does_not_recompile_triton():
+    pytest.importorskip("triton")
+    import importlib
+
+    from anm_fast import kernels as K
+
+    mods = [importlib.import_module(f"anm_fast.kernels.{m}")
+            for m in ("activation_peaks", "sample_boxes", "erase")]
+    kernels = [mods[0]._activation_peaks_kernel, mods[1]._sample_boxes_kernel,
+               mods[2]._erase_kernel]
+
+    def compiled():
+        return sum(len(cache) for k in kernels for cache, *_ in k.device_caches.values())
+
+    def batch(B):
+        fmap = torch.randn(B, 16, 4, 4, device="cuda")
+        x = torch.randn(B, 3, 32, 32, device="cuda")
+        t = torch.softmax(torch.randn(B, 10, device="cuda"), 1)
+        pmax, pmin, _ = K.activation_peaks(fmap, 32, 32, 0.0)
+        boxes = K.sample_boxes(pmax, pmin, torch.rand(B, device="cuda"),
+                               torch.arange(B, device="cuda"), torch.tensor(B), 32, 32, 3, 0.02,
+                               0.07, 0.03, 0.8, 0.5, True, True, torch.zeros(0))
+        K.erase_and_modulate(x, t, boxes[0], boxes[1], boxes[3], boxes[4], boxes[2], 1.0)
+        torch.cuda.synchronize()
+
+    batch(512)
+    before = compiled()
+    for B in (512, 37, 1, 511):
+        batch(B)
+    assert compiled() == before
 
 
 @cuda_only

@@ -1,12 +1,16 @@
 """The Triton launchers (anm_fast.kernels) against the pure-PyTorch reference, op by op.
 
 Without a GPU they run on CPU tensors through Triton's interpreter (tests/conftest.py sets
-TRITON_INTERPRET=1); with a GPU the same tests run on CUDA tensors. Boxes and fills must be
-bit-identical; peaks equal up to float near-ties (anm_fast.testing); floats within the per-dtype
-tolerances of anm_fast.testing.TOLERANCES. Shapes are small: the interpreter is slow.
+TRITON_INTERPRET=1); with a GPU the same tests run on CUDA tensors. Boxes and fills must be bit-
+identical, and so are energies and peaks (every backend sums the energy in one order); floats
+elsewhere within the per-dtype tolerances of anm_fast.testing.TOLERANCES. Shapes are small: the
+interpreter is slow.
 Run exactly these with `TRITON_INTERPRET=1 pytest -m triton`.
 """
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -29,8 +33,10 @@ elif INTERPRETED:
 else:  # neither a GPU nor the interpreter: nothing can run the kernels
     DEVICES = [pytest.param("cuda", marks=pytest.mark.skip(reason="needs a GPU or "
                                                                   "TRITON_INTERPRET=1"))]
-# The interpreter has no bfloat16.
-DTYPES = [torch.float32, torch.float16] + ([] if INTERPRETED else [torch.bfloat16])
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Kernels that write bfloat16: Triton's interpreter rounds float32 -> bfloat16 toward zero (GPUs
+# round to nearest even, as torch does), so they are compared in bfloat16 on a GPU only.
+WRITE_DTYPES = [torch.float32, torch.float16] + ([] if INTERPRETED else [torch.bfloat16])
 
 
 @pytest.fixture(params=DEVICES)
@@ -66,21 +72,25 @@ def test_activation_peaks_matches_reference(device, shape, layout):
         rmax, rmin, renergy = R.activation_peaks(fmap.cpu(), H, W, band)
         assert energy.dtype == torch.float32 and energy.is_contiguous()
         assert pmax.dtype == torch.int64 and pmax.shape == (B, 2)
-        torch.testing.assert_close(energy.cpu(), renergy, rtol=1e-5, atol=1e-6)
         assert_peaks_match(pmax, pmin, renergy, H, W, band)
-        # Same taps and lerp as the reference: only energy rounding (summation order) can move a
-        # peak, so nearly all peaks are exactly the reference's.
-        same = ((pmax.cpu() == rmax).all(1) & (pmin.cpu() == rmin).all(1)).float().mean()
-        assert same >= 0.9
+        # The same summation order, taps and lerp as the reference: the same bits.
+        assert torch.equal(energy.cpu(), renergy)
+        assert torch.equal(pmax.cpu(), rmax) and torch.equal(pmin.cpu(), rmin)
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 def test_activation_peaks_dtypes(device, dtype):
+    # float64 maps: energies normalised in float64 and rounded to float32 once, as the reference
     fmap = torch.randn(4, 32, 5, 6, device=device).to(dtype)
     pmax, pmin, energy = K.activation_peaks(fmap, 23, 31, 0.0)
     rmax, rmin, renergy = R.activation_peaks(fmap.cpu(), 23, 31, 0.0)
-    torch.testing.assert_close(energy.cpu(), renergy, rtol=1e-5, atol=1e-6)
     assert_peaks_match(pmax, pmin, renergy, 23, 31)
+    assert torch.equal(energy.cpu(), renergy)
+    assert torch.equal(pmax.cpu(), rmax) and torch.equal(pmin.cpu(), rmin)
+    if anm_fast.has_extension():
+        cmax, cmin, cenergy = torch.ops.anm_fast.activation_peaks(fmap.cpu(), 23, 31, 0.0)
+        assert torch.equal(energy.cpu(), cenergy)
+        assert torch.equal(pmax.cpu(), cmax) and torch.equal(pmin.cpu(), cmin)
 
 
 def test_activation_peaks_ties_and_zero_map(device):
@@ -184,7 +194,7 @@ ERASE_SHAPES = [(1, 3, 32, 32, 10), (7, 1, 5, 7, 2), (3, 3, 17, 9, 100), (2, 5, 
 @pytest.mark.parametrize("shape", ERASE_SHAPES)
 def test_erase_and_modulate_matches_reference(device, layout, shape):
     B, C, H, W, N = shape
-    for dtype in DTYPES + [torch.float64]:
+    for dtype in WRITE_DTYPES + [torch.float64]:
         x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, layout,
                                                              device)
         ratio[0] = 5.0  # label shift clamped to t_k for sample 0
@@ -235,7 +245,7 @@ def test_label_shift_follows_the_spec(device):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
 def test_erase_backward_matches_reference(device, layout):
     B, C, H, W, N = 6, 3, 11, 9, 5
-    for dtype in DTYPES + [torch.float64]:
+    for dtype in WRITE_DTYPES + [torch.float64]:
         x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, "contiguous",
                                                              device)
         ratio[0] = 5.0  # clamp active for sample 0
@@ -312,27 +322,68 @@ def test_registered_ops_use_triton_on_cuda():
         anm_fast.set_backend(previous)
 
 
-# ------------------------------------------------------------------ fused sample_boxes + erase
-@pytest.mark.parametrize("case", [
-    (5, 3, 32, 32, 10, torch.float32, "contiguous", True, True),
-    (3, 2, 17, 40, 3, torch.float16, "channels_last", False, False),  # 2 tiles, constant fill
-])
-def test_sample_and_erase_equals_the_two_ops(device, case):
-    B, C, H, W, N, dtype, layout, uniform, anchor = case
+# ------------------------------------------------------------------ anm_mask: stages 1-3 fused
+def anm_mask_args(B, C, H, W, Kc, h, w, N, dtype, layout, device, uniform=True, anchor=True,
+                  seed=99):
     x = relayout(torch.randn(B, C, H, W, device=device).to(dtype), layout)
-    t = torch.softmax(torch.randn(B, N, device=device), 1).to(dtype)
-    args = sample_args(B, H, W, C, device, seed=99, anchor=anchor, uniform=uniform,
-                       config=anm_fast.ANMConfig(area_lo=0.05, area_hi=0.3))
-    pmax, pmin, q, ids, seed = args[:5]
-    params = args[8:13]
-    got = K.sample_and_erase(x, t, pmax, pmin, q, ids, seed, *params, anchor, uniform, args[15],
-                             1.0)
-    boxes = R.sample_boxes(*cpu(args[:5]), *args[5:15], args[15].cpu())
-    bmax, bmin, ratio, fmax, fmin = boxes
-    erased, targets = R.erase_and_modulate(x.cpu(), t.cpu(), bmax, bmin, fmax, fmin, ratio, 1.0)
-    assert got[0].stride() == erased.stride()
-    for g, w in zip(got, (erased, targets) + boxes):
-        assert g.dtype == w.dtype and torch.equal(g.cpu(), w)
+    fmap = relayout(torch.randn(B, Kc, h, w, device=device).to(dtype), layout)
+    t = torch.softmax(torch.randn(B, N, device=device) * 3, 1).to(dtype)
+    q = torch.rand(B, device=device)
+    q[0] = 0.0
+    ids = torch.arange(B, device=device) * 5 + 2**33
+    cfg = anm_fast.ANMConfig(area_lo=0.05, area_hi=0.3)
+    return (x, fmap, t, q, ids, torch.tensor(seed), 1.0 / 255, cfg.area_lo, cfg.area_hi,
+            cfg.quality_gain, cfg.aspect_lo, cfg.area_scale, anchor, uniform,
+            torch.linspace(-1.0, 1.0, C), 1.0, True)
+
+
+ANM_MASK_CASES = [  # B, C, H, W, K, h, w, N, dtype, layout, uniform, anchor
+    (5, 3, 32, 32, 8, 4, 4, 10, torch.float32, "contiguous", True, True),
+    (3, 2, 17, 40, 5, 3, 5, 3, torch.float16, "channels_last", False, False),  # 2 tiles
+    (1, 1, 9, 8, 2, 2, 2, 2, torch.float64, "sliced", True, False),          # batch 1
+    (2, 5, 12, 10, 3, 6, 5, 1500, torch.float32, "permuted", False, True),   # many classes
+]
+
+
+@pytest.mark.parametrize("case", ANM_MASK_CASES)
+def test_anm_mask_equals_the_three_ops_and_the_cpu_kernel(device, case):
+    B, C, H, W, Kc, h, w, N, dtype, layout, uniform, anchor = case
+    args = anm_mask_args(B, C, H, W, Kc, h, w, N, dtype, layout, device, uniform, anchor)
+    got = K.anm_mask(*args)
+    cpu_args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    want = R.anm_mask(*cpu_args)
+    names = ("erased", "targets", "box_max", "box_min", "ratio", "fill_max", "fill_min",
+             "peak_max", "peak_min", "energy", "seed")
+    assert len(got) == len(want) == len(names)
+    for name, g, r in zip(names, got, want):
+        assert g.device.type == torch.device(device).type, name
+        assert g.dtype == r.dtype and g.shape == r.shape, name
+        assert [st for st, n in zip(g.stride(), g.shape) if n > 1] == \
+            [st for st, n in zip(r.stride(), r.shape) if n > 1], f"{name}: another layout"
+        if name == "targets":
+            rtol, atol = TOLERANCES[dtype]
+            torch.testing.assert_close(g.cpu(), r, rtol=rtol, atol=atol)
+        else:  # energy, peaks, boxes, fills, erased images: the same bits
+            assert torch.equal(g.cpu(), r), f"{name} differs from the reference"
+    if anm_fast.has_extension():
+        for name, g, c in zip(names, got, torch.ops.anm_fast.anm_mask(*cpu_args)):
+            if name != "targets":
+                assert torch.equal(g.cpu(), c), f"{name} differs from the C++ kernel"
+
+
+def test_anm_mask_empty_batch_and_seeds(device):
+    args = list(anm_mask_args(2, 3, 8, 8, 4, 2, 2, 3, torch.float32, "contiguous", device))
+    for seed in (0, -1, 2**63 - 1, -(2**63), 2**32):
+        args[5] = torch.tensor(seed)
+        out = K.anm_mask(*args)
+        assert out[-1].item() == seed and out[-1].shape == ()
+        want = R.sample_boxes(out[7].cpu(), out[8].cpu(), args[3].cpu(), args[4].cpu(),
+                              torch.tensor(seed), 8, 8, 3, *args[7:12], True, True, args[14])
+        for g, w in zip(out[2:7], want):
+            assert torch.equal(g.cpu(), w)
+    empty = [a[:0] if isinstance(a, torch.Tensor) and a.dim() else a for a in args]
+    out = K.anm_mask(*empty)
+    assert out[0].shape == (0, 3, 8, 8) and out[9].shape == (0, 2, 2) and out[-1].item() == 2**32
 
 
 def test_constant_fills_are_copied_to_the_device_once():
@@ -349,3 +400,128 @@ def test_constant_fills_are_copied_to_the_device_once():
         assert a is b  # the cached device copy
     on_device = torch.tensor([1.0, 2.0], device=device)
     assert _common.fills_on(on_device, on_device.device).data_ptr() == on_device.data_ptr()
+
+
+# ------------------------------------------------------------- no read past an input's end
+GUARDED_LAUNCHES = textwrap.dedent("""
+    import ctypes, mmap, sys
+    import torch
+    import anm_fast
+    from anm_fast import kernels as K
+    from anm_fast.testing import sample_boxes_args
+
+    def before_guard_page(values):
+        # values copied to the end of a page followed by an inaccessible one: a kernel reading
+        # even one element past the tensor's end crashes this process
+        page = mmap.PAGESIZE
+        nbytes = values.numel() * values.element_size()
+        pages = -(-nbytes // page) + 1
+        buf = mmap.mmap(-1, pages * page)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        end = ctypes.c_void_p(addr + (pages - 1) * page)
+        assert ctypes.CDLL(None).mprotect(end, page, 0) == 0
+        t = torch.frombuffer(buf, dtype=values.dtype, count=values.numel(),
+                             offset=(pages - 1) * page - nbytes)
+        t.copy_(values.reshape(-1))
+        return t.view(values.shape)
+
+    # C = 3 (not a power of two), an image of 75 elements (a partial tile), boxes covering it
+    B, C, H, W, N = 2, 3, 5, 5, 3
+    cfg = anm_fast.ANMConfig(area_lo=0.9, area_hi=1.0)
+    args = list(sample_boxes_args(B, H, W, C, "cpu", uniform=False, config=cfg))
+    args[15] = before_guard_page(args[15])  # the constant fills
+    boxes = K.sample_boxes(*args)
+    x = before_guard_page(torch.randn(B, C, H, W))
+    t = before_guard_page(torch.softmax(torch.randn(B, N), 1))
+    bmax, bmin, ratio, fmax, fmin = (before_guard_page(b) for b in boxes)
+    K.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
+    K.erase_and_modulate_backward(before_guard_page(torch.randn(2 * B, C, H, W)),
+                                  before_guard_page(torch.randn(B, N)), t, bmax, bmin, ratio, 1.0)
+    fmap = before_guard_page(torch.randn(B, 3, 3, 5))
+    K.activation_peaks(fmap, H, W, 0.0)
+    K.anm_mask(x, fmap, t, before_guard_page(args[2]), before_guard_page(args[3]), args[4], 0.0,
+               *args[8:13], args[13], False, args[15], 1.0, False)
+    print("no read past an input")
+""")
+
+
+@pytest.mark.skipif(not INTERPRETED or not sys.platform.startswith("linux"),
+                    reason="guard pages catch stray reads of the interpreter on Linux CPUs")
+def test_kernels_read_nothing_past_their_inputs():
+    # Run in a child process: a stray read is a segmentation fault, not an exception.
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", GUARDED_LAUNCHES], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, f"exit status {out.returncode}: {out.stderr[-2000:]}"
+    assert "no read past an input" in out.stdout
+
+
+# ------------------------------------------------------ no recompilation for a new batch size
+def _launches(kernel, monkeypatch):
+    """Records the arguments of every launch of `kernel` (a Triton JIT or interpreted function:
+    both launch through their `run` method)."""
+    seen = []
+    original = kernel.run
+
+    def run(*args, **kwargs):
+        seen.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "run", run)
+    return seen
+
+
+def _unspecialised(kernel) -> set:
+    names = getattr(kernel, "do_not_specialize", None)
+    if names is None:  # the interpreter keeps the jit options in kwargs
+        names = kernel.kwargs.get("do_not_specialize") or ()
+    return {kernel.arg_names[n] if isinstance(n, int) else n for n in names}
+
+
+def _batch_calls(B, device):
+    fmap = torch.randn(B, 3, 4, 4, device=device)
+    x = torch.randn(B, 3, 8, 8, device=device)
+    t = torch.softmax(torch.randn(B, 4, device=device), 1)
+    args = sample_args(B, 8, 8, 3, device)
+    pmax, pmin, energy = K.activation_peaks(fmap, 8, 8, 0.0)
+    bmax, bmin, ratio, fmax, fmin = K.sample_boxes(*args)
+    erased, _ = K.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
+    K.erase_and_modulate_backward(erased, t, t, bmax, bmin, ratio, 1.0)
+    K.anm_mask(x, fmap, t, args[2], args[3], args[4], 0.0, *args[8:13], True, True, args[15],
+               1.0, False)
+
+
+def test_a_new_batch_size_does_not_recompile(device, monkeypatch):
+    """Triton compiles a kernel per value of every specialised argument (an int equal to 1, or
+    divisible by 16, and every constexpr): whatever follows the batch size must be neither, or a
+    last partial batch recompiles every kernel."""
+    import importlib
+
+    ap, sb, erase, fused = (importlib.import_module(f"anm_fast.kernels.{m}") for m in
+                            ("activation_peaks", "sample_boxes", "erase", "anm_mask"))
+    kernels = [ap._activation_peaks_kernel, sb._sample_boxes_kernel, erase._erase_kernel,
+               erase._erase_backward_kernel, fused._mask_params_kernel]
+    seen = {k: _launches(k, monkeypatch) for k in kernels}
+    for B in (32, 7, 1):
+        _batch_calls(B, device)
+    for kernel, launches in seen.items():
+        assert launches and len(launches) % 3 == 0, kernel.__name__
+        per_batch = len(launches) // 3  # the erase kernel serves two launchers
+        for i in range(per_batch):
+            _assert_same_specialisation(kernel, launches[i::per_batch])
+
+
+def _assert_same_specialisation(kernel, launches):
+    """The launches (one per batch size) compile to the same kernel: equal constexprs, and every
+    int argument that differs is one Triton does not specialise on."""
+    for _, kwargs in launches:
+        kwargs.pop("grid", None)
+        kwargs.pop("warmup", None)
+    assert all(kw == launches[0][1] for _, kw in launches), (
+        f"{kernel.__name__}: a constexpr follows the batch size")
+    values = list(zip(*(args for args, _ in launches)))
+    varying = {kernel.arg_names[i] for i, vals in enumerate(values)
+               if isinstance(vals[0], int) and len(set(vals)) > 1}
+    assert varying <= _unspecialised(kernel), (
+        f"{kernel.__name__}: {sorted(varying - _unspecialised(kernel))} follow the batch size "
+        f"and are specialised")

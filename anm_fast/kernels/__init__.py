@@ -5,8 +5,8 @@ anm_fast/backend.py can register it for the CUDA dispatch key as it is. Importin
 imports triton: it raises ImportError where triton is missing.
 """
 from .activation_peaks import activation_peaks
+from .anm_mask import anm_mask
 from .erase import erase_and_modulate, erase_and_modulate_backward
-from .fused import sample_and_erase
 from .sample_boxes import sample_boxes
 
 # Operator name -> launcher, what anm_fast/backend.py registers.
@@ -15,8 +15,8 @@ LAUNCHERS = {
     "sample_boxes": sample_boxes,
     "erase_and_modulate": erase_and_modulate,
     "erase_and_modulate_backward": erase_and_modulate_backward,
+    "anm_mask": anm_mask,
 }
 
-# Not an operator: stages 2 and 3 in one launch (sample_boxes + erase_and_modulate).
-__all__ = ["LAUNCHERS", "activation_peaks", "sample_boxes", "erase_and_modulate",
-           "erase_and_modulate_backward", "sample_and_erase"]
+__all__ = ["LAUNCHERS", "activation_peaks", "anm_mask", "sample_boxes", "erase_and_modulate",
+           "erase_and_modulate_backward"]

@@ -54,6 +54,26 @@ def fills_on(fill_value: torch.Tensor, device: torch.device) -> torch.Tensor:
     return cached
 
 
+def seed_args(seed: torch.Tensor, device: torch.device) -> tuple:
+    """How a kernel gets its seed: (seed tensor, key_lo, key_hi, SEED_ON_HOST).
+
+    A CPU seed (every int or None seed of the API) is read here, on the host, and travels as the
+    two 32-bit halves of the Philox key, each as a signed 32-bit launch argument (always the same
+    argument types, so no recompilation per seed value). No host-to-device copy is issued, so the
+    launch can be captured in a CUDA graph (the graph then replays that seed, as with the C++
+    kernels). A seed tensor on the batch's device is read inside the kernel instead: a replayed
+    graph then follows its current value."""
+    seed = seed.reshape(())
+    if seed.device.type == "cpu":
+        value = int(seed.item()) & 0xFFFFFFFFFFFFFFFF
+        lo, hi = value & 0xFFFFFFFF, value >> 32
+        return seed, lo - (1 << 32) * (lo >> 31), hi - (1 << 32) * (hi >> 31), True
+    if seed.device != torch.device(device):
+        raise ValueError(f"seed is on {seed.device} but the batch is on {device}: pass it on the "
+                         f"CPU or on the batch's device")
+    return seed, 0, 0, False
+
+
 def opmath_is_f64(*dtypes: torch.dtype) -> bool:
     return any(d == torch.float64 for d in dtypes)
 
@@ -92,11 +112,23 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
-def sample_stream(seed, sample_id, block):
-    """The 4 words of block `block` of each sample's stream: key = seed, counter = (id, block, 0).
-    seed: int64 scalar; sample_id: int64 tensor; block: int32/uint32 tensor or scalar."""
-    k0 = seed.to(tl.uint32)
-    k1 = (seed >> 32).to(tl.uint32)
+def seed_key(seed_ptr, key_lo, key_hi, SEED_ON_HOST: tl.constexpr):
+    """The Philox key (k0, k1) as uint32: from the halves read on the host (seed_args), or from
+    the int64 seed tensor on the device."""
+    if SEED_ON_HOST:
+        k0 = as_type(key_lo, tl.int32).to(tl.uint32, bitcast=True)
+        k1 = as_type(key_hi, tl.int32).to(tl.uint32, bitcast=True)
+    else:
+        seed = tl.load(seed_ptr).to(tl.int64)
+        k0 = seed.to(tl.uint32)
+        k1 = (seed >> 32).to(tl.uint32)
+    return k0, k1
+
+
+@triton.jit
+def sample_stream(k0, k1, sample_id, block):
+    """The 4 words of block `block` of each sample's stream: key = seed (k0, k1 from seed_key),
+    counter = (id, block, 0). sample_id: int64 tensor; block: int32/uint32 tensor or scalar."""
     c0 = sample_id.to(tl.uint32)
     c1 = (sample_id >> 32).to(tl.uint32)
     c2 = (block + tl.zeros_like(c0)).to(tl.uint32)
@@ -117,9 +149,9 @@ def uniform_f32(word):
 
 
 @triton.jit
-def fill_draw(seed, sample_id, j):
+def fill_draw(k0, k1, sample_id, j):
     """Fill draw j (0..2C-1) of a sample: block 1 + j // 4, word j % 4."""
-    w0, w1, w2, w3 = sample_stream(seed, sample_id, 1 + j // 4)
+    w0, w1, w2, w3 = sample_stream(k0, k1, sample_id, 1 + j // 4)
     r = j % 4
     word = tl.where(r == 0, w0, tl.where(r == 1, w1, tl.where(r == 2, w2, w3)))
     return uniform_f32(word)
@@ -134,11 +166,11 @@ def round_half_even(v):
 
 
 @triton.jit
-def box_shape(seed, sample_id, quality, H, W, area_lo, area_hi, quality_gain, aspect_lo,
+def box_shape(k0, k1, sample_id, quality, H, W, area_lo, area_hi, quality_gain, aspect_lo,
               hi_aspect, area_scale):
     """Mask ratio s (float64) and box height/width (int64): anm_common.h box_shape, same order.
     quality is float32; the float64 parameters are float64 scalars; hi_aspect = 1 / aspect_lo."""
-    w0, w1, _w2, _w3 = sample_stream(seed, sample_id, 0)
+    w0, w1, _w2, _w3 = sample_stream(k0, k1, sample_id, 0)
     u_area = uniform_f64(w0)
     u_aspect = uniform_f64(w1)
     s = (area_lo + (area_hi - area_lo) * u_area) + quality_gain * (1.0 - quality.to(tl.float64))

@@ -1,10 +1,10 @@
 """Triton activation_peaks: energy map, L2 normalisation and both peaks, one program per sample.
 
-The feature map is read once. The bilinear resize to H x W is never written to memory: each tile
-of output pixels is interpolated from the (h, w) energy map on the fly, exactly like the C++
-kernel (taps and lerp of anm_common.h; rows first, then columns; no fused multiply-add), and
-reduced to running extremes with their first row-major index. With band > 0 a second scan finds
-the first pixel inside each band.
+The feature map is read once, in the C++ kernels' summation order (bit-identical energies). The
+bilinear resize to H x W is never written to memory: each tile of output pixels is interpolated
+from the (h, w) energy map on the fly, exactly like the C++ kernel (taps and lerp of anm_common.h;
+rows first, then columns; no fused multiply-add), and reduced to running extremes with their first
+row-major index. With band > 0 a second scan finds the first pixel inside each band.
 """
 from __future__ import annotations
 
@@ -50,58 +50,55 @@ def _resized_tile(e_base, offs, mask, w, H, W, h, scale_h, scale_w):
 
 
 @triton.jit
-def _activation_peaks_kernel(f_ptr, sB, sK, sH, sW, K, h, w, H, W, band,
-                             energy_ptr, pmax_ptr, pmin_ptr,
-                             CHANNELS_LAST: tl.constexpr, ACC64: tl.constexpr,
-                             BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-                             BLOCK_HW: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+def sample_peaks(f_base, sK, sH, sW, K, h, w, H, W, band, raw_base, e_base,
+                 ACC64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Stage 1 for one sample: writes its normalised energies (float32, h*w at e_base) and returns
+    the flat row-major indices of its max and min peaks in the H x W resized map.
+
+    The summation order is the C++ kernels' (csrc/cpu/peaks_per_sample.h), so the energies, and
+    with them the peaks, are the same bits: each position's squares added in channel order
+    k = 0, 1, ..., the norm's squares in position order, e / norm rounded once to float32.
+    raw_base: scratch for the raw energies in the accumulator type (float64 maps keep them in
+    float64 until they are normalised; for float32 it may be e_base itself)."""
     P = h * w
-    f_base = f_ptr + b * sB
-    e_base = energy_ptr + b * P
     if ACC64:
         acc_t = tl.float64
     else:
         acc_t = tl.float32
 
-    # Pass 1: raw energy sum_k f^2 per position (stored), and sum of its squares for the norm.
-    sq = tl.zeros([BLOCK_P], acc_t)
+    # Pass 1: raw energies sum_k f^2, one lane per position, the channels in order.
     for p0 in range(0, P, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < P
-        pos = (offs_p // w).to(tl.int64) * sH + (offs_p % w).to(tl.int64) * sW
-        if CHANNELS_LAST:  # channels are the contiguous axis: make them the tile's inner axis
-            e = tl.zeros([BLOCK_P], acc_t)
-            for k0 in range(0, K, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                m = mask_p[:, None] & (offs_k < K)[None, :]
-                v = tl.load(f_base + pos[:, None] + offs_k[None, :].to(tl.int64) * sK, mask=m,
-                            other=0.0).to(acc_t)
-                e += tl.sum(v * v, axis=1)
-        else:
-            e = tl.zeros([BLOCK_P], acc_t)
-            for k0 in range(0, K, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                m = (offs_k < K)[:, None] & mask_p[None, :]
-                v = tl.load(f_base + offs_k[:, None].to(tl.int64) * sK + pos[None, :], mask=m,
-                            other=0.0).to(acc_t)
-                e += tl.sum(v * v, axis=0)
-        sq += e * e
-        tl.store(e_base + offs_p, e.to(tl.float32), mask=mask_p)
-    total = tl.sum(sq, axis=0)
-    if ACC64:
-        norm = tl.sqrt(total)
-    else:
-        norm = tl.math.sqrt_rn(total)
-    norm = tl.maximum(norm, 1e-12).to(tl.float32)
-    tl.debug_barrier()  # the energy just stored is re-read by other threads of this program
+        pos = f_base + (offs_p // w).to(tl.int64) * sH + (offs_p % w).to(tl.int64) * sW
+        e = tl.zeros([BLOCK_P], acc_t)
+        for k in range(0, K):
+            v = tl.load(pos + k * sK, mask=mask_p, other=0.0).to(acc_t)
+            e += v * v
+        tl.store(raw_base + offs_p, e, mask=mask_p)
+    tl.debug_barrier()  # the energies just stored are re-read by other threads of this program
 
-    # Pass 2: normalise in place.
+    # The L2 norm: squares added in position order (a serial sum, as on the CPU).
+    sq = as_type(0.0, acc_t)
+    for p in range(0, P):
+        ep = tl.load(raw_base + p)
+        sq += ep * ep
+    if ACC64:
+        norm = tl.sqrt(sq)
+    else:
+        norm = tl.math.sqrt_rn(sq)
+    norm = tl.where(norm < 1e-12, 1e-12, norm)  # not maximum: a NaN norm stays NaN, as on the CPU
+
+    # Pass 2: normalise (one rounding to float32).
     for p0 in range(0, P, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < P
-        e = tl.load(e_base + offs_p, mask=mask_p, other=0.0)
-        tl.store(e_base + offs_p, tl.math.div_rn(e, norm), mask=mask_p)
+        e = tl.load(raw_base + offs_p, mask=mask_p, other=0.0)
+        if ACC64:
+            u = (e / norm).to(tl.float32)
+        else:
+            u = tl.math.div_rn(e, norm)
+        tl.store(e_base + offs_p, u, mask=mask_p)
     tl.debug_barrier()
 
     # Pass 3: extremes of the resized map and their first row-major index.
@@ -143,11 +140,35 @@ def _activation_peaks_kernel(f_ptr, sB, sK, sH, sW, K, h, w, H, W, band,
         # The extremes themselves always qualify, so both searches succeed.
         idx_hi = found_hi
         idx_lo = found_lo
+    return idx_hi, idx_lo
 
+
+@triton.jit
+def _activation_peaks_kernel(f_ptr, sB, sK, sH, sW, K, h, w, H, W, band,
+                             raw_ptr, energy_ptr, pmax_ptr, pmin_ptr,
+                             ACC64: tl.constexpr, BLOCK_P: tl.constexpr,
+                             BLOCK_HW: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    P = h * w
+    idx_hi, idx_lo = sample_peaks(f_ptr + b * sB, sK, sH, sW, K, h, w, H, W, band,
+                                  raw_ptr + b * P, energy_ptr + b * P, ACC64, BLOCK_P, BLOCK_HW)
     tl.store(pmax_ptr + b * 2, (idx_hi // W).to(tl.int64))
     tl.store(pmax_ptr + b * 2 + 1, (idx_hi % W).to(tl.int64))
     tl.store(pmin_ptr + b * 2, (idx_lo // W).to(tl.int64))
     tl.store(pmin_ptr + b * 2 + 1, (idx_lo % W).to(tl.int64))
+
+
+def peak_blocks(h: int, w: int, height: int, width: int) -> dict:
+    """Tile sizes of sample_peaks (they depend on the shapes only, never on the batch size)."""
+    return {"BLOCK_P": min(next_pow2(h * w), 128), "BLOCK_HW": min(next_pow2(height * width), 1024)}
+
+
+def raw_energy_buffer(energy: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
+    """Where sample_peaks keeps the raw energies: the energy output itself for float32
+    accumulation, a float64 scratch for float64 maps."""
+    if fmap.dtype == torch.float64:
+        return torch.empty(energy.shape, dtype=torch.float64, device=energy.device)
+    return energy
 
 
 def activation_peaks(fmap: torch.Tensor, height: int, width: int, band: float):
@@ -165,15 +186,10 @@ def activation_peaks(fmap: torch.Tensor, height: int, width: int, band: float):
     energy = torch.empty((B, h, w), dtype=torch.float32, device=device)
     if B == 0:
         return peak_max, peak_min, energy
-    sB, sK, sH, sW = fmap.stride()
-    channels_last = sK == 1 and K > 1
-    BLOCK_P = min(next_pow2(h * w), 128)
-    BLOCK_K = min(next_pow2(K), max(4096 // BLOCK_P, 1))
-    BLOCK_HW = min(next_pow2(height * width), 1024)
     with device_guard(fmap):
         _activation_peaks_kernel[(B,)](
-            fmap, sB, sK, sH, sW, K, h, w, height, width, float(band),
-            energy, peak_max, peak_min,
-            CHANNELS_LAST=channels_last, ACC64=fmap.dtype == torch.float64,
-            BLOCK_P=BLOCK_P, BLOCK_K=BLOCK_K, BLOCK_HW=BLOCK_HW, num_warps=4, **NO_FMA)
+            fmap, *fmap.stride(), K, h, w, height, width, float(band),
+            raw_energy_buffer(energy, fmap), energy, peak_max, peak_min,
+            ACC64=fmap.dtype == torch.float64, **peak_blocks(h, w, height, width), num_warps=4,
+            **NO_FMA)
     return peak_max, peak_min, energy

@@ -44,13 +44,13 @@ def in_box(box_ptr, bs0, bs1, b, y, x):
     return (y >= y0) & (y < y0 + bh) & (x >= x0) & (x < x0 + bw)
 
 
-@triton.jit(do_not_specialize=["gain_bits"])
+@triton.jit(do_not_specialize=["B", "gain_bits"])
 def _erase_kernel(x_ptr, xs0, xs1, xs2, xs3, out_ptr, t_ptr, ts0, ts1, t_out_ptr,
                   bmax_ptr, bmax_s0, bmax_s1, bmin_ptr, bmin_s0, bmin_s1,
                   fmax_ptr, fmax_s0, fmax_s1, fmin_ptr, fmin_s0, fmin_s1, ratio_ptr, rs0,
                   B, C, H, W, N, gain_bits, tiles,
-                  CHANNELS_LAST: tl.constexpr, OPM64: tl.constexpr, BLOCK: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
+                  CHANNELS_LAST: tl.constexpr, OPM64: tl.constexpr, MODULATE: tl.constexpr,
+                  BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     b = (pid // tiles).to(tl.int64)
     tile = pid % tiles
@@ -70,12 +70,12 @@ def _erase_kernel(x_ptr, xs0, xs1, xs2, xs3, out_ptr, t_ptr, ts0, ts1, t_out_ptr
     dst = out_ptr + b * CHW + offs
     tl.store(dst, tl.where(m_max, f_max, v), mask=mask)
     tl.store(out_ptr + (b + B) * CHW + offs, tl.where(m_min, f_min, v), mask=mask)  # int64
-    if tile == 0:
+    if MODULATE and tile == 0:
         ratio = tl.load(ratio_ptr + b * rs0).to(tl.float32)
         modulate_row(t_ptr, ts0, ts1, t_out_ptr, ratio, b, N, f64_arg(gain_bits), OPM64, BLOCK_N)
 
 
-@triton.jit(do_not_specialize=["gain_bits"])
+@triton.jit(do_not_specialize=["B", "gain_bits"])
 def _erase_backward_kernel(g_ptr, gs0, gs1, gs2, gs3, gx_ptr, gt_ptr, gts0, gts1,
                            t_ptr, ts0, ts1, gt_out_ptr,
                            bmax_ptr, bmax_s0, bmax_s1, bmin_ptr, bmin_s0, bmin_s1, ratio_ptr, rs0,
@@ -123,23 +123,32 @@ def erase_and_modulate(x, targets, box_max, box_min, fill_max, fill_min, ratio,
     _check_common(B, C, targets, box_max, box_min, ratio, "erase_and_modulate")
     if tuple(fill_max.shape) != (B, C) or fill_min.shape != fill_max.shape:
         raise ValueError("erase_and_modulate: fills must be (B, C)")
-    fmt = erased_memory_format(x)
-    erased = torch.empty((2 * B, C, H, W), dtype=x.dtype, device=x.device, memory_format=fmt)
+    erased = torch.empty((2 * B, C, H, W), dtype=x.dtype, device=x.device,
+                         memory_format=erased_memory_format(x))
     t_out = torch.empty(targets.shape, dtype=targets.dtype, device=targets.device)
     if B == 0:
         return erased, t_out
-    N = targets.shape[1]
-    chw = C * H * W
-    tiles = max(triton.cdiv(chw, BLOCK), 1)
     with device_guard(x):
-        _erase_kernel[(B * tiles,)](
-            x, *x.stride(), erased, targets, *targets.stride(), t_out,
-            box_max, *box_max.stride(), box_min, *box_min.stride(),
-            fill_max, *fill_max.stride(), fill_min, *fill_min.stride(), ratio, ratio.stride(0),
-            B, C, H, W, N, f64_bits(label_gain), tiles,
-            CHANNELS_LAST=fmt == torch.channels_last, OPM64=opmath_is_f64(targets.dtype),
-            BLOCK=BLOCK, BLOCK_N=min(next_pow2(N), 1024), num_warps=4, **NO_FMA)
+        launch_erase(x, erased, targets, t_out, box_max, box_min, fill_max, fill_min, ratio,
+                     label_gain, modulate=True)
     return erased, t_out
+
+
+def launch_erase(x, erased, targets, t_out, box_max, box_min, fill_max, fill_min, ratio,
+                 label_gain: float, modulate: bool) -> None:
+    """The erase launch into `erased` (allocated by the caller in erased_memory_format(x));
+    with `modulate`, the first tile program of each sample also writes its targets to t_out."""
+    B, C, H, W = x.shape
+    N = targets.shape[1]
+    tiles = max(triton.cdiv(C * H * W, BLOCK), 1)
+    _erase_kernel[(B * tiles,)](
+        x, *x.stride(), erased, targets, *targets.stride(), t_out,
+        box_max, *box_max.stride(), box_min, *box_min.stride(),
+        fill_max, *fill_max.stride(), fill_min, *fill_min.stride(), ratio, ratio.stride(0),
+        B, C, H, W, N, f64_bits(label_gain), tiles,
+        CHANNELS_LAST=erased_memory_format(x) == torch.channels_last,
+        OPM64=opmath_is_f64(targets.dtype), MODULATE=bool(modulate),
+        BLOCK=BLOCK, BLOCK_N=min(next_pow2(N), 1024), num_warps=4, **NO_FMA)
 
 
 def erase_and_modulate_backward(grad_erased, grad_targets, targets, box_max, box_min, ratio,

@@ -1,7 +1,8 @@
 """Triton sample_boxes: each sample's box shape, placement and fills from its Philox stream.
 
-One lane per sample; the seed is read from its tensor inside the kernel (no host sync, CUDA-graph
-safe). Bit-identical to anm_fast/reference.py and the C++ kernels (see kernels/_common.py).
+One lane per sample; a CPU seed is read on the host, a device seed inside the kernel (either way no
+host-device copy or sync: CUDA-graph safe; kernels/_common.py seed_args). Bit-identical to
+anm_fast/reference.py and the C++ kernels (see kernels/_common.py).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import triton
 import triton.language as tl
 
 from ._common import (NO_FMA, box_shape, device_guard, f64_arg, f64_bits, fill_draw, fills_on,
-                      next_pow2, place_box)
+                      next_pow2, place_box, seed_args, seed_key)
 
 
 @triton.jit
@@ -22,20 +23,23 @@ def _store_box(out_ptr, offs_b, mask, y0, x0, bh, bw):
     tl.store(base + 3, bw, mask=mask)
 
 
-@triton.jit(do_not_specialize=["lo_bits", "hi_bits", "gain_bits", "aspect_bits",
-                               "hi_aspect_bits", "scale_bits"])
+# B and the seed vary from call to call (a last partial batch, a new seed each step): not
+# specialised, so they never cause a recompilation. The float64 parameters travel as their bits.
+@triton.jit(do_not_specialize=["B", "key_lo", "key_hi", "lo_bits", "hi_bits", "gain_bits",
+                               "aspect_bits", "hi_aspect_bits", "scale_bits"])
 def _sample_boxes_kernel(pmax_ptr, pmax_s0, pmax_s1, pmin_ptr, pmin_s0, pmin_s1, q_ptr, q_s0,
-                         id_ptr, id_s0, seed_ptr, fv_ptr, fv_s0,
+                         id_ptr, id_s0, seed_ptr, key_lo, key_hi, fv_ptr, fv_s0,
                          box_max_ptr, box_min_ptr, ratio_ptr, fill_max_ptr, fill_min_ptr,
                          B, H, W, C, lo_bits, hi_bits, gain_bits, aspect_bits, hi_aspect_bits,
                          scale_bits, CENTER: tl.constexpr, UNIFORM: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+                         SEED_ON_HOST: tl.constexpr, BLOCK_B: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = offs_b < B
-    seed = tl.load(seed_ptr).to(tl.int64)
+    k0, k1 = seed_key(seed_ptr, key_lo, key_hi, SEED_ON_HOST)
     ids = tl.load(id_ptr + offs_b * id_s0, mask=mask_b, other=0).to(tl.int64)
     q = tl.load(q_ptr + offs_b * q_s0, mask=mask_b, other=1.0).to(tl.float32)
-    s, bh, bw = box_shape(seed, ids, q, H, W, f64_arg(lo_bits), f64_arg(hi_bits),
+    s, bh, bw = box_shape(k0, k1, ids, q, H, W, f64_arg(lo_bits), f64_arg(hi_bits),
                           f64_arg(gain_bits), f64_arg(aspect_bits), f64_arg(hi_aspect_bits),
                           f64_arg(scale_bits))
     tl.store(ratio_ptr + offs_b, s.to(tl.float32), mask=mask_b)
@@ -55,8 +59,8 @@ def _sample_boxes_kernel(pmax_ptr, pmax_s0, pmax_s1, pmin_ptr, pmin_s0, pmin_s1,
         out_off = offs_b[:, None] * C + offs_c[None, :]
         if UNIFORM:
             j = offs_c[None, :] + tl.zeros([BLOCK_B, BLOCK_C], tl.int32)
-            f_max = fill_draw(seed, ids[:, None], j)
-            f_min = fill_draw(seed, ids[:, None], j + C)
+            f_max = fill_draw(k0, k1, ids[:, None], j)
+            f_min = fill_draw(k0, k1, ids[:, None], j + C)
         else:
             v = tl.load(fv_ptr + offs_c * fv_s0, mask=offs_c < C, other=0.0).to(tl.float32)
             f_max = v[None, :] + tl.zeros([BLOCK_B, BLOCK_C], tl.float32)
@@ -89,24 +93,21 @@ def sample_boxes(peak_max, peak_min, quality, sample_ids, seed, height: int, wid
     fill_min = torch.empty((B, channels), dtype=torch.float32, device=device)
     if B == 0:
         return box_max, box_min, ratio, fill_max, fill_min
-    # The seed stays a device tensor (read in the kernel); moved only if given on another device.
-    seed = seed.reshape(1)
-    if seed.device != device:
-        seed = seed.to(device)
+    seed, key_lo, key_hi, seed_on_host = seed_args(seed, device)
     # constant fills may come as a CPU tensor (the API keeps them there): moved only then
     fv = fills_on(fill_value, device) if not uniform_fill else ratio  # unused when uniform
-    BLOCK_B = min(next_pow2(B), 128)
+    BLOCK_B = 128  # fixed: a block size following B would recompile for a last partial batch
     BLOCK_C = min(next_pow2(channels), 16)
     grid = (triton.cdiv(B, BLOCK_B),)
     with device_guard(peak_max):
         _sample_boxes_kernel[grid](
             peak_max, peak_max.stride(0), peak_max.stride(1),
             peak_min, peak_min.stride(0), peak_min.stride(1),
-            quality, quality.stride(0), sample_ids, sample_ids.stride(0), seed,
+            quality, quality.stride(0), sample_ids, sample_ids.stride(0), seed, key_lo, key_hi,
             fv, fv.stride(0) if fv.dim() else 1,
             box_max, box_min, ratio, fill_max, fill_min,
             B, height, width, channels, f64_bits(area_lo), f64_bits(area_hi),
             f64_bits(quality_gain), f64_bits(aspect_lo), f64_bits(1.0 / aspect_lo),
             f64_bits(area_scale), CENTER=bool(center_anchor), UNIFORM=bool(uniform_fill),
-            BLOCK_B=BLOCK_B, BLOCK_C=BLOCK_C, num_warps=4, **NO_FMA)
+            SEED_ON_HOST=seed_on_host, BLOCK_B=BLOCK_B, BLOCK_C=BLOCK_C, num_warps=4, **NO_FMA)
     return box_max, box_min, ratio, fill_max, fill_min
