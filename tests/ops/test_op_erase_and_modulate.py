@@ -1,0 +1,155 @@
+"""erase_and_modulate and its backward on every backend against the reference: erased images
+exactly (copies and fills), targets and gradients within the per-dtype tolerance."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anm_fast import reference as R
+from anm_fast.testing import TOLERANCES, relayout, sample_boxes_args
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+SHAPES = [(1, 3, 32, 32, 10), (7, 1, 5, 7, 2), (3, 3, 17, 9, 100), (2, 5, 40, 33, 3),
+          (2, 2, 8, 8, 1500), (64, 3, 17, 9, 100), (1024, 3, 8, 8, 10), (2, 3, 224, 224, 10),
+          (1024, 3, 32, 32, 10)]
+
+
+def layout_of(t, kind):
+    """relayout's layouts, and two more the kernels must take as they are."""
+    if kind == "batch_sliced":  # every other sample of a larger batch
+        big = torch.zeros((2 * t.shape[0],) + tuple(t.shape[1:]), dtype=t.dtype)
+        big[1::2] = t
+        return big[1::2]
+    if kind == "offset":  # dense, one element past an aligned address: no vector loads
+        flat = torch.zeros(t.numel() + 1, dtype=t.dtype)
+        view = flat[1:].view(t.shape)
+        view.copy_(t)
+        return view
+    return relayout(t, kind)
+
+
+def inputs(B, C, H, W, N, dtype, seed=3):
+    gen = torch.Generator().manual_seed(B + C + H + W + N)
+    x = torch.randn(B, C, H, W, generator=gen).to(dtype)
+    t = torch.softmax(torch.randn(B, N, generator=gen) * 3, dim=1)
+    t[::3] = F.one_hot(torch.randint(0, N, (t[::3].shape[0],), generator=gen), N).float()
+    boxes = R.sample_boxes(*sample_boxes_args(B, H, W, C, seed=seed,
+                                              fill_value=None))
+    return x, t.to(dtype), boxes
+
+
+def check_dtype(backend, dtype):
+    if dtype == torch.bfloat16 and not backend.writes_bf16:
+        pytest.skip("Triton's interpreter rounds float32 -> bfloat16 toward zero")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "sliced", "permuted",
+                                  "batch_sliced", "offset"])
+def test_matches_reference(backend, shape, dtype, kind):
+    B, C, H, W, N = shape
+    check_dtype(backend, dtype)
+    backend.skip_large(B * C * H * W, limit=20_000)
+    x, t, (bmax, bmin, ratio, fmax, fmin) = inputs(B, C, H, W, N, dtype)
+    x = layout_of(x, kind)
+    ratio = ratio.clone()
+    ratio[0] = 5.0  # label shift clamped to t_k for sample 0
+    for t_dtype, gain in ((torch.float32, 1.0), (dtype, 4.0)):
+        tt = t.to(t_dtype)
+        erased, targets = backend("erase_and_modulate", x, tt, bmax, bmin, fmax, fmin, ratio,
+                                  gain)
+        r_erased, r_targets = R.erase_and_modulate(x, tt, bmax, bmin, fmax, fmin, ratio, gain)
+        assert erased.shape == (2 * B, C, H, W) and erased.dtype == dtype
+        assert erased.stride() == r_erased.stride(), "output layout differs from the rule"
+        assert torch.equal(erased, r_erased)  # copies and constant fills are exact
+        rtol, atol = TOLERANCES[t_dtype]
+        assert targets.dtype == t_dtype and targets.is_contiguous()
+        torch.testing.assert_close(targets, r_targets, rtol=rtol, atol=atol)
+        if t_dtype == dtype and dtype in (torch.float32, torch.float64):
+            torch.testing.assert_close(targets.sum(1), torch.ones(B, dtype=t_dtype), rtol=0,
+                                       atol=1e-5)
+
+
+def test_layout_rule(backend):
+    x, t, (bmax, bmin, ratio, fmax, fmin) = inputs(2, 3, 8, 8, 4, torch.float32)
+    out = backend("erase_and_modulate", x.contiguous(memory_format=torch.channels_last), t,
+                  bmax, bmin, fmax, fmin, ratio, 1.0)[0]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    out = backend("erase_and_modulate", x[:, :, ::1, :], t, bmax, bmin, fmax, fmin, ratio,
+                  1.0)[0]
+    assert out.is_contiguous()
+
+
+def test_strided_targets_boxes_and_gain(backend):
+    B, C, H, W, N = 5, 3, 12, 10, 7
+    x, t, (bmax, bmin, ratio, fmax, fmin) = inputs(B, C, H, W, N, torch.float32)
+    t_strided = t.t().contiguous().t()                      # column-major targets
+    bmax32 = bmax.to(torch.int32)
+    bmin_strided = torch.stack((bmin, bmin), 2)[..., 1]     # strided boxes
+    full = torch.tensor([[0, 0, H, W]] * B)                 # whole-image box
+    for gain in (0.0, 0.5, 3.0):
+        for boxes in ((bmax32, bmin_strided), (full, bmin)):
+            got = backend("erase_and_modulate", x, t_strided, *boxes, fmax, fmin, ratio, gain)
+            want = R.erase_and_modulate(x, t, *boxes, fmax, fmin, ratio, gain)
+            assert torch.equal(got[0], want[0])
+            torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_label_shift_follows_the_spec(backend):
+    t = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.5, 0.3, 0.2, 0.0], [0.04, 0.02, 0.9, 0.04]])
+    ratio = torch.tensor([0.06, 0.3, 2.0])
+    box = torch.tensor([[0, 0, 1, 1]] * 3)
+    fills = torch.zeros(3, 1)
+    x = torch.zeros(3, 1, 2, 2)
+    _, out = backend("erase_and_modulate", x, t, box, box, fills, fills, ratio, 1.0)
+    want = torch.tensor([[0.02, 0.94, 0.02, 0.02],          # d = s = 0.06
+                         [0.2, 0.4, 0.3, 0.1],               # d = s = 0.3
+                         [0.34, 0.32, 0.0, 0.34]])           # d clamped to t_k = 0.9
+    torch.testing.assert_close(out, want)
+    _, out = backend("erase_and_modulate", x, t, box, box, fills, fills, ratio, 0.5)
+    torch.testing.assert_close(out[0], torch.tensor([0.01, 0.97, 0.01, 0.01]))
+    # ties in the top class: the first occurrence gives the mass
+    tie = torch.tensor([[0.5, 0.5]])
+    _, out = backend("erase_and_modulate", x[:1], tie, box[:1], box[:1], fills[:1], fills[:1],
+                     torch.tensor([0.1]), 1.0)
+    torch.testing.assert_close(out, torch.tensor([[0.4, 0.6]]))
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 11, 9, 5), (1, 3, 32, 32, 10), (3, 5, 17, 13, 6),
+                                   (2, 3, 224, 224, 6), (1024, 3, 32, 32, 10)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "sliced", "offset"])
+def test_backward_matches_reference(backend, shape, dtype, kind):
+    B, C, H, W, N = shape
+    check_dtype(backend, dtype)
+    backend.skip_large(B * C * H * W, limit=20_000)
+    if not backend.has("erase_and_modulate_backward"):
+        pytest.skip(f"{backend.name} has no erase_and_modulate_backward")
+    _, t, (bmax, bmin, ratio, _, _) = inputs(B, C, H, W, N, dtype, seed=11)
+    ratio = ratio.clone()
+    ratio[0] = 5.0  # clamp active for sample 0
+    gen = torch.Generator().manual_seed(7 * B + H)
+    g = layout_of(torch.randn(2 * B, C, H, W, generator=gen).to(dtype), kind)
+    gt = torch.randn(B, N, generator=gen).to(dtype)
+    for gain in (1.0, 5.0):
+        gx, gtt = backend("erase_and_modulate_backward", g, gt, t, bmax, bmin, ratio, gain)
+        rgx, rgtt = R.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, gain)
+        rtol, atol = TOLERANCES[dtype]
+        assert gx.shape == (B, C, H, W) and gx.dtype == dtype and gtt.dtype == dtype
+        assert gx.stride() == rgx.stride(), "grad_x layout differs from the rule"
+        torch.testing.assert_close(gx, rgx, rtol=rtol, atol=atol)
+        torch.testing.assert_close(gtt, rgtt, rtol=rtol, atol=atol)
+
+
+def test_empty_batch(backend):
+    x = torch.randn(0, 3, 8, 8)
+    t = torch.zeros(0, 4)
+    box = torch.zeros(0, 4, dtype=torch.int64)
+    f = torch.zeros(0, 3)
+    r = torch.zeros(0)
+    erased, targets = backend("erase_and_modulate", x, t, box, box, f, f, r, 1.0)
+    assert erased.shape == (0, 3, 8, 8) and targets.shape == (0, 4)
+    if backend.has("erase_and_modulate_backward"):
+        gx, gt = backend("erase_and_modulate_backward", erased, targets, t, box, box, r, 1.0)
+        assert gx.shape == (0, 3, 8, 8) and gt.shape == (0, 4)

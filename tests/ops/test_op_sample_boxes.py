@@ -1,0 +1,102 @@
+"""sample_boxes on every backend against the reference: boxes, ratios and fills bit for bit."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import anm_fast
+from anm_fast import reference as R
+from anm_fast.testing import sample_boxes_args
+
+NAMES = ("box_max", "box_min", "ratio", "fill_max", "fill_min")
+CONFIGS = [anm_fast.ANMConfig.cifar(), anm_fast.ANMConfig.clothing1m(),
+           # huge boxes: the clamps to the image are active
+           anm_fast.ANMConfig(area_lo=0.9, area_hi=1.0, aspect_lo=0.1, area_scale=3.0)]
+
+
+def assert_boxes_equal(got, want):
+    for g, w, name in zip(got, want, NAMES):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        assert torch.equal(g, w), f"{name} differs from the reference"
+
+
+def assert_inside(box, H, W):
+    assert bool((box[:, 2] >= 1).all() and (box[:, 3] >= 1).all())
+    assert bool((box[:, 0] >= 0).all() and (box[:, 0] + box[:, 2] <= H).all())
+    assert bool((box[:, 1] >= 0).all() and (box[:, 1] + box[:, 3] <= W).all())
+
+
+@pytest.mark.parametrize("B,H,W,C", [(1, 32, 32, 3), (257, 32, 32, 3), (64, 5, 7, 1),
+                                     (33, 224, 224, 3), (16, 9, 300, 5), (8, 8, 8, 40),
+                                     (1024, 32, 32, 3)])
+@pytest.mark.parametrize("anchor", [True, False])
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("uniform", [True, False])
+def test_bit_exact(backend, B, H, W, C, anchor, config, uniform):
+    args = sample_boxes_args(B, H, W, C, anchor=anchor, config=config, uniform=uniform)
+    got = backend("sample_boxes", *args)
+    assert_boxes_equal(got, R.sample_boxes(*args))
+    assert_inside(got[0], H, W)
+    assert_inside(got[1], H, W)
+    if not uniform:
+        assert torch.equal(got[3], args[15].expand(B, C)) and torch.equal(got[4], got[3])
+
+
+def test_many_draws_bit_exact(backend):
+    # Many streams: any float64 op-order or rounding difference shows up as a different box.
+    cfg = anm_fast.ANMConfig(area_lo=0.01, area_hi=0.6, aspect_lo=0.3)
+    args = sample_boxes_args(4096, 97, 61, 3, seed=123456789, config=cfg)
+    assert_boxes_equal(backend("sample_boxes", *args), R.sample_boxes(*args))
+
+
+@pytest.mark.parametrize("seed", [0, 2**32 - 1, 2**32, -1, -(2**63), 2**63 - 1])
+def test_seeds_ids_and_constant_fill(backend, seed):
+    ids = torch.tensor([0, 1, 2**32, 2**32 + 1, 2**40 + 5, -3])
+    for uniform in (True, False):
+        args = sample_boxes_args(6, 32, 32, 3, seed=seed, ids=ids, uniform=uniform)
+        assert_boxes_equal(backend("sample_boxes", *args), R.sample_boxes(*args))
+    # ids that differ only in the high word give different streams
+    fills = backend("sample_boxes", *sample_boxes_args(6, 32, 32, 3, seed=seed, ids=ids))[3]
+    assert not torch.equal(fills[0], fills[2])
+
+
+def test_seed_on_the_batch_device(backend):
+    # A seed tensor on the batch's device is read inside the kernels (CUDA-graph replays follow
+    # it); on the CPU (how the API passes an int) it is read on the host.
+    args = list(sample_boxes_args(50, 31, 45, 5, seed=-5))
+    want = R.sample_boxes(*args)
+    args[4] = args[4].to(backend.device)
+    assert_boxes_equal(backend("sample_boxes", *args), want)
+
+
+def test_strided_and_narrow_inputs(backend):
+    B, H, W, C = 37, 29, 31, 3
+    base = sample_boxes_args(B, H, W, C)
+    pmax = base[0].t().contiguous().t().to(torch.int32)   # column-major int32 peaks
+    pmin = torch.stack((base[1], base[1]), 2)[..., 0]      # strided view
+    q = torch.stack((base[2], base[2]), 1)[:, 1].double()  # stride 2, float64
+    ids = base[3].to(torch.int32)
+    seed = base[4].reshape(1, 1).to(torch.int32)
+    args = (pmax, pmin, q, ids, seed) + base[5:]
+    assert_boxes_equal(backend("sample_boxes", *args), R.sample_boxes(*base))
+
+
+def test_empty_batch(backend):
+    out = backend("sample_boxes", *sample_boxes_args(0, 32, 32, 3))
+    assert [tuple(o.shape) for o in out] == [(0, 4), (0, 4), (0,), (0, 3), (0, 3)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(B=st.integers(1, 300), H=st.integers(1, 300), W=st.integers(1, 300), C=st.integers(1, 9),
+       seed=st.integers(-2**63, 2**63 - 1), area=st.tuples(st.floats(0.0, 1.0),
+                                                           st.floats(0.0, 1.0)),
+       aspect=st.floats(0.05, 1.0), scale=st.floats(0.01, 4.0), anchor=st.booleans(),
+       uniform=st.booleans())
+def test_bit_identical_on_random_configs(backend, B, H, W, C, seed, area, aspect, scale, anchor,
+                                         uniform):
+    cfg = anm_fast.ANMConfig(area_lo=min(area), area_hi=max(area), aspect_lo=aspect,
+                             area_scale=scale)
+    args = sample_boxes_args(B, H, W, C, seed=seed, anchor=anchor, uniform=uniform, config=cfg)
+    got = backend("sample_boxes", *args)
+    assert_boxes_equal(got, R.sample_boxes(*args))
+    assert_inside(got[0], H, W)
