@@ -1,4 +1,5 @@
-"""DivideMix (Li et al. 2020) and DivideMix + ANM (the released "SANM" recipe of the spec).
+"""DivideMix (Li et al. 2020) and DivideMix + ANM as the paper describes it (the authors'
+released script differs in many points: recipes.py, `--recipe sanm-release`).
 
 Two networks. After a cross-entropy warm-up, every epoch each network's per-sample losses are fit
 by a two-component GMM (co-divide); each network is then trained on the split made by the *other*
@@ -6,7 +7,9 @@ network: samples with clean posterior > p_threshold are labeled (their label ref
 network's own prediction, weighted by the posterior), the rest unlabeled (co-guessed by both
 networks), and MixMatch mixes them. With ANM, the max- and min-erased copies of the labeled and of
 the unlabeled images join MixUp with their modulated targets, and a decoder reconstructs the clean
-image from the erased images' features (loss weight recon_weight).
+image from the erased images' features (loss weight recon_weight). `mixmatch_groups` builds one
+step's groups: two views per branch plus the erased copies, or under views "sanm" the release's
+six groups per branch; the ANM ablation switches (anm_parts.PARTS) drop single parts.
 """
 from __future__ import annotations
 
