@@ -9,14 +9,22 @@ attribute, so these models never need automatic feature-layer discovery.
 - `SmallCNN`: a three-conv network for tiny images such as sklearn's 8x8 digits; fast on CPU.
 - `torchvision_resnet`: torchvision's resnet18 / resnet50 with random weights (never downloads),
   optionally with the CIFAR stem for 32x32 inputs.
+- `timm_model`: any timm model by name ("timm:convnext_atto" in build_model), random weights
+  (pretrained=False: nothing downloads); its feature layer is found by masked_forward's discovery.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PreActBlock", "PreActResNet18", "SmallCNN", "torchvision_resnet", "build_model"]
+__all__ = ["PreActBlock", "PreActResNet18", "SmallCNN", "torchvision_resnet", "timm_model",
+           "build_model", "check_model_name", "MODELS"]
+
+MODELS = ("preact_resnet18", "small_cnn", "resnet18", "resnet50")
+TIMM_PREFIX = "timm:"
 
 
 class PreActBlock(nn.Module):
@@ -124,13 +132,55 @@ def torchvision_resnet(name: str = "resnet18", num_classes: int = 1000, in_chann
     return model
 
 
+def timm_model(name: str, num_classes: int, in_channels: int = 3,
+               image_size: Optional[int] = None) -> nn.Module:
+    """timm.create_model(name, pretrained=False): random weights, nothing downloaded. Models
+    with a fixed input grid (ViT, DeiT, Swin) are built for `image_size`; convolutional ones take
+    any size and have no such argument."""
+    timm = _timm()
+    kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    if image_size is not None:
+        try:
+            return timm.create_model(name, img_size=image_size, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(name, **kwargs)
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError as e:  # a training extra, not a core dependency
+        raise ImportError("timm: models need timm: pip install 'anm_fast[train]'") from e
+    return timm
+
+
+def check_model_name(name: str) -> None:
+    """A ValueError unless `name` is a built-in model or timm:NAME of a model timm knows (costs no
+    model construction: arguments are checked before any data loads)."""
+    if not isinstance(name, str):
+        raise ValueError(f"model must be a name, got {name!r}")
+    if name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX):]
+        if not _timm().is_model(arch):
+            raise ValueError(f"model {name!r}: timm has no model {arch!r} (timm.list_models() "
+                             f"lists them, e.g. resnet18, convnext_atto, vit_tiny_patch16_224)")
+        return
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose {', '.join(MODELS)} or timm:NAME")
+
+
 def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
-    """One entry point by name: "preact_resnet18", "small_cnn", "resnet18", "resnet50"."""
+    """One entry point by name: "preact_resnet18", "small_cnn", "resnet18", "resnet50", or
+    "timm:NAME" (kwargs: image_size)."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_model(name[len(TIMM_PREFIX):], num_classes, in_channels, **kwargs)
+    check_model_name(name)
     if name == "preact_resnet18":
         return PreActResNet18(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if name == "small_cnn":
         return SmallCNN(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if name in ("resnet18", "resnet50"):
         return torchvision_resnet(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
-    raise ValueError(f"unknown model {name!r}; choose preact_resnet18, small_cnn, resnet18 or "
-                     f"resnet50")
+    raise AssertionError(name)  # check_model_name covers every other name

@@ -94,7 +94,7 @@ def test_cifar10_class_folder_uses_cifar10_noise_and_presets(tmp_path, cache, ca
     assert main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "d"),
                  "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["settings"]["presets_of"] == "cifar10"
+    assert cfg["settings"]["preset"] == "cifar10"
     assert cfg["hyper_parameters"]["dividemix-anm"]["model"] == "preact_resnet18"
     out = tmp_path / "r"
     assert main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "d"), "--noise",

@@ -93,7 +93,7 @@ LABEL_FILE_CASES = [
     ("json strings", "l.json", json.dumps(["1"] * N), None, "integer labels"),
     ("json booleans", "l.json", json.dumps([True] * N), None, "integer labels"),
     ("json nulls", "l.json", json.dumps([None] * N), None, "integer labels"),
-    ("json object of scalars", "l.json", json.dumps({"a": 1}), None, "1-D"),
+    ("json object of scalars", "l.json", json.dumps({"a": 1}), None, "image-folder"),  # {path: label}
     ("json dict unknown key", "l.json", json.dumps({"a": GOOD.tolist()}), "b", "no label list"),
     ("json NaN", "l.json", "[" + ", ".join(["NaN"] * N) + "]", None, "NaN"),
     ("json wrong length", "l.json", json.dumps(GOOD.tolist()[:-2]), None, f"{N - 2} labels"),

@@ -1,4 +1,4 @@
-"""Data sets held in memory as normalised tensors, plus the label files of real noise.
+"""Data sets held in memory as normalised tensors (label lists: label_files.py).
 
 Everything here reads local files only: the digits set ships inside scikit-learn, CIFAR is read
 from a folder in torchvision's format and is never downloaded. Training iterates over index
@@ -7,11 +7,8 @@ images, and the only random state is the trainer's own generator, which makes ex
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -19,6 +16,7 @@ import numpy as np
 import torch
 
 from .image_cache import load_images
+from .label_files import load_label_file  # noqa: F401 - the label lists' reader, re-exported
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 # CIFAR-10's classes in its label order (also their sorted order, so folder indices match)
@@ -251,6 +249,35 @@ def image_folder_preset(data_dir: Optional[str]) -> Optional[str]:
     return "cifar10" if classes == list(CIFAR10_CLASSES) else None
 
 
+def probe_image_folder(data_dir: Optional[str]):
+    """(number of training images, (height, width) of the first one) without reading the images:
+    what choosing a preset needs. Errors as load_image_folder's."""
+    from PIL import Image
+
+    train = _image_folder_part(data_dir, "train")
+    _, files, _ = _scan(train)
+    if not files:
+        raise FileNotFoundError(f"no images in {train}")
+    path = os.path.join(train, files[0])
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    return len(files), (h, w)
+
+
+def _image_folder_part(data_dir: Optional[str], part: str) -> str:
+    if not data_dir or not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--dataset imagefolder needs --data-dir pointing to an existing "
+                                f"folder with train/ and test/ sub-folders, got {data_dir!r}")
+    folder = os.path.join(data_dir, part)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {data_dir!r} has no '{part}/' sub-folder "
+                                f"(expected {part}/<class name>/<image files>)")
+    return folder
+
+
 def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBundle:
     """`data_dir/train/<class>/*.png` and `data_dir/test/<class>/*.png` (torchvision ImageFolder
     layout), resized to image_size and held in memory. The folder name is the clean label of a
@@ -259,16 +286,7 @@ def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBund
 
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    if not data_dir or not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--dataset imagefolder needs --data-dir pointing to an existing "
-                                f"folder with train/ and test/ sub-folders, got {data_dir!r}")
-    parts = {}
-    for part in ("train", "test"):
-        folder = os.path.join(data_dir, part)
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"image folder {data_dir!r} has no '{part}/' sub-folder "
-                                    f"(expected {part}/<class name>/<image files>)")
-        parts[part] = _scan(folder)
+    parts = {part: _scan(_image_folder_part(data_dir, part)) for part in ("train", "test")}
     classes = parts["train"][0]
     if len(classes) < 2:
         raise ValueError(f"{data_dir}/train needs at least 2 class folders, found {classes}")
@@ -321,148 +339,6 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, image_size: int =
             bundle.train_files = [bundle.train_files[i] for i in np.arange(
                 len(bundle.train_files))[keep]]
     return bundle
-
-
-# ------------------------------------------------------------------------------ noisy label files
-def _numpy_safe_globals():
-    """The globals a torch.save'd dict of numpy arrays needs under weights_only=True (the
-    CIFAR-N files are such dicts; torch >= 2.6 refuses them by default)."""
-    out = [np.ndarray, np.dtype]
-    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            m = __import__(mod, fromlist=["_reconstruct"])
-            out.append(m._reconstruct)
-            break
-        except (ImportError, AttributeError):
-            continue
-    for t in (np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16, np.uint32, np.uint64,
-              np.float32, np.float64, np.bool_):
-        out.append(type(np.dtype(t)))
-    return out
-
-
-def _torch_load_labels(path: str, trust: bool):
-    try:
-        kwargs = dict(map_location="cpu", weights_only=True)
-        if hasattr(torch.serialization, "safe_globals"):
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                return torch.load(path, **kwargs)
-        if hasattr(torch.serialization, "add_safe_globals"):
-            torch.serialization.add_safe_globals(_numpy_safe_globals())
-        return torch.load(path, **kwargs)
-    except Exception as e:  # noqa: BLE001 - unpickling errors have many types
-        if not trust:
-            raise ValueError(
-                f"could not read {path!r} with torch.load(weights_only=True): {e}. If you trust "
-                f"the file, pass --trust-noise-file (full unpickling), or convert it to .npy") from e
-        warnings.warn(f"loading {path} with full unpickling (--trust-noise-file)")
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _pick(obj, key: Optional[str], path: str):
-    if isinstance(obj, dict) or hasattr(obj, "files"):
-        keys = list(obj.files if hasattr(obj, "files") else obj.keys())
-        if key is None:
-            if len(keys) == 1:
-                key = keys[0]
-            else:
-                raise ValueError(f"{path} holds several label lists {keys}: choose one with "
-                                 f"--noise human:KEY")
-        if key not in keys:
-            raise ValueError(f"{path} has no label list {key!r}; it holds {keys}")
-        return obj[key]
-    return obj
-
-
-def load_label_file(path: str, key: Optional[str], *, n: int, num_classes: int,
-                    train_files: Optional[Sequence[str]] = None, trust: bool = False) -> np.ndarray:
-    """Noisy labels from a CIFAR-N .pt file (dict of arrays, e.g. 'worse_label'), .npy/.npz,
-    .json (a list, or a dict of lists), or text: one label per line in training order, or
-    '<relative image path> <label>' lines (Clothing1M style) for image folders."""
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"noisy label file not found: {path!r}")
-    try:
-        labels = _read_label_file(path, key, train_files, trust)
-    except (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, json.JSONDecodeError,
-            ValueError) as e:
-        if isinstance(e, ValueError) and str(e).startswith(path):
-            raise  # already names the file
-        raise ValueError(f"{path}: not a readable label file ({type(e).__name__}: {e})") from e
-    return _check_labels(labels, path, n, num_classes)
-
-
-def _read_label_file(path, key, train_files, trust):
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".pt", ".pth"):
-        labels = _pick(_torch_load_labels(path, trust), key, path)
-    elif ext == ".npy":
-        labels = np.load(path, allow_pickle=False)
-    elif ext == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            labels = np.asarray(_pick(f, key, path))
-    elif ext == ".json":
-        with open(path) as f:
-            labels = _pick(json.load(f), key, path)
-    else:
-        with open(path) as f:
-            rows = [ln.split() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-        if rows and all(len(r) == 2 for r in rows):
-            if train_files is None:
-                raise ValueError(f"{path} lists '<path> <label>' pairs, which only an image-folder "
-                                 f"data set can match")
-            table = {os.path.normpath(p): _int_label(l, path) for p, l in rows}
-            missing = [f for f in train_files if os.path.normpath(f) not in table]
-            if missing:
-                raise ValueError(f"{path} has no label for {len(missing)} training images "
-                                 f"(e.g. {missing[0]!r})")
-            labels = [table[os.path.normpath(f)] for f in train_files]
-        elif all(len(r) == 1 for r in rows):
-            labels = [_int_label(r[0], path) for r in rows]
-        else:
-            raise ValueError(f"{path}: each line must be '<label>' or '<path> <label>'")
-    return labels
-
-
-def _int_label(token: str, path: str) -> int:
-    try:
-        return int(token)
-    except ValueError:
-        raise ValueError(f"{path}: {token!r} is not an integer label") from None
-
-
-def _check_labels(labels, path: str, n: int, num_classes: int) -> np.ndarray:
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    try:
-        labels = np.asarray(labels)
-    except ValueError as e:  # ragged nested lists
-        raise ValueError(f"{path}: expected a 1-D list of integer labels ({e})") from None
-    if labels.ndim == 1 and labels.size == 0:
-        labels = labels.astype(np.int64)  # an empty list reads as float64
-    if labels.ndim == 1 and np.issubdtype(labels.dtype, np.floating) and \
-            not np.isfinite(labels).all():
-        raise ValueError(f"{path}: {int((~np.isfinite(labels)).sum())} labels are NaN or "
-                         f"infinite")
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        if labels.ndim == 1 and np.issubdtype(labels.dtype, np.floating) and \
-                np.all(labels == np.round(labels)):
-            # range first: a cast of 1e30 to int64 is undefined, not an error
-            _check_range(labels, path, num_classes)
-            labels = labels.astype(np.int64)
-        else:
-            raise ValueError(f"{path}: expected a 1-D list of integer labels, got dtype "
-                             f"{labels.dtype} and shape {labels.shape}")
-    if len(labels) != n:
-        raise ValueError(f"{path} has {len(labels)} labels but the training set has {n} images")
-    _check_range(labels, path, num_classes)  # before the cast: uint64 2**63 would wrap
-    return labels.astype(np.int64)
-
-
-def _check_range(labels: np.ndarray, path: str, num_classes: int) -> None:
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        raise ValueError(f"{path} has {int(bad.sum())} labels outside [0, {num_classes}) "
-                         f"(e.g. {labels[bad][0]} at index {int(np.flatnonzero(bad)[0])})")
 
 
 # -------------------------------------------------------------------------------- augmentation

@@ -1,7 +1,8 @@
 """The epoch loop of one (method, seed) run, and the driver over methods and seeds.
 
 One run = one folder `<out>/<method>/seed<k>/` with checkpoint.pt (rewritten atomically every
-epoch, the previous one kept, both checksummed: checkpoint.py), metrics.jsonl and result.json.
+epoch, the previous one kept, both checksummed: checkpoint.py), metrics.jsonl, result.json and
+label_issues.csv (every training sample, most suspect label first: anm_fast.label_issues).
 Starting a run whose folder holds a checkpoint continues it exactly: the state restored is the
 whole state (weights, optimisers, schedulers, generators, loss history), so 2 epochs + resume 2
 gives the same weights as 4 epochs in one go on CPU. SIGTERM/SIGINT stop the run at the next step
@@ -22,10 +23,12 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from . import preempt
 from . import reporting
-from .data import DataBundle, load_dataset, load_label_file
+from .data import DATASETS, DataBundle, image_folder_preset, load_dataset, probe_image_folder
+from .label_files import load_label_file
 from .methods import Context, get_method
-from .noise import NoisyLabels, load_cached, make_noisy_labels, parse_noise, save_cached
-from .presets import resolve
+from .noise import SYNTHETIC, NoisyLabels, load_cached, make_noisy_labels, parse_noise, save_cached
+from .presets import PRESETS, choose_preset, resolve
+from ..label_issues import label_issues
 
 
 def choose_device(name: Optional[str]) -> torch.device:
@@ -54,6 +57,36 @@ class Settings:
     trust_noise_file: bool = False
     progress: bool = True
     plots: bool = True
+    preset: Optional[str] = None                       # None: chosen from the data (resolve_preset)
+    preset_reason: str = ""
+
+
+def resolve_preset(s: Settings) -> None:
+    """Name the preset of a run (s.preset, s.preset_reason): the one given, else the one
+    choose_preset picks from the data set, its size and the device. Reads only file names and one
+    image's size, so a bad setting fails before any data loads."""
+    if s.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {s.dataset!r}: choose one of {', '.join(DATASETS)}")
+    if s.preset:
+        if s.preset not in PRESETS:
+            raise ValueError(f"unknown preset {s.preset!r}: choose one of {', '.join(PRESETS)}")
+        s.preset_reason = s.preset_reason or "chosen with --preset"
+        return
+    n, hw = 0, (0, 0)
+    if s.dataset == "imagefolder":
+        n, hw = probe_image_folder(s.data_dir)
+        if image_folder_preset(s.data_dir) == "cifar10":
+            s.preset, s.preset_reason = "cifar10", "CIFAR-10's ten class folders: the CIFAR-10 preset"
+            return
+    s.preset, s.preset_reason = choose_preset(s.dataset, choose_device(s.device).type, n, hw)
+
+
+def resolved_hp(s: Settings) -> Dict[str, Dict]:
+    """Every method's whole hyper-parameter dict, as the run will use it."""
+    if not s.preset:
+        resolve_preset(s)
+    kind = parse_noise(s.noise)[0]
+    return {m: _hp_for(s, m, kind) for m in s.methods}
 
 
 def prepare_labels(s: Settings, data: DataBundle, seed: int, cache: Optional[str]) -> NoisyLabels:
@@ -81,17 +114,34 @@ def _prepare_labels(s, data, seed, cache, kind, key, meta) -> NoisyLabels:
     if kind == "human":
         human = load_label_file(s.noise_file, key, n=len(data.y_train), num_classes=data.num_classes,
                                 train_files=getattr(data, "train_files", None),
-                                trust=s.trust_noise_file)
+                                class_names=data.class_names or None, trust=s.trust_noise_file)
     elif not data.clean_known:
         raise ValueError("synthetic noise needs clean training labels")
     labels = make_noisy_labels(kind, s.noise_rate, data.y_train, num_classes=data.num_classes,
                                dataset=data.preset or s.dataset, seed=seed, features=data.x_train.numpy(),
                                coarse=data.coarse, human=human)
     if not data.clean_known:
-        labels.realised_rate = float("nan")
+        labels.realised_rate = None
     if cache:
         save_cached(cache, labels, meta)
     return labels
+
+
+def truth_known(s: Settings, data: DataBundle) -> bool:
+    """Whether we know which training labels are wrong: noise we synthesised from clean labels,
+    or a label list over a data set with clean labels. Labels as given (--noise none): no."""
+    kind = parse_noise(s.noise)[0]
+    return data.clean_known and (kind in SYNTHETIC or kind == "human")
+
+
+@torch.no_grad()
+def train_probs(method) -> torch.Tensor:
+    """Class probabilities of the final model(s) on every un-augmented training image (CPU)."""
+    out = []
+    for i in range(0, method.ctx.n, 512):
+        idx = torch.arange(i, min(i + 512, method.ctx.n))
+        out.append(method.predict(method.images(idx, aug=False)).float().cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -148,9 +198,12 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
         ckpt.set_rng_state(state["rng"])
         start = int(state["epoch"])
     main = dist.is_main()
+    if state is not None and main:
+        print(f"[{method_name} seed {seed}] resuming at epoch {start + 1} of {hp['epochs']} "
+              f"from {ckpt_path}", file=sys.stderr)
     log = reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), resume_epoch=start) \
         if main else None
-    clean = data.y_train >= 0
+    truth = truth_known(s, data)
     is_clean = labels.noisy == data.y_train
     epochs = int(hp["epochs"])
     for epoch in range(start, epochs):
@@ -174,7 +227,7 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
         acc = evaluate(method, data, device) if (epoch + 1) % every == 0 or \
             epoch + 1 == epochs else None
         row = {"epoch": epoch, "test_acc": acc, "lr": lr, "seconds": round(time.time() - t0, 3)}
-        if method.quality is not None and clean.all():
+        if method.quality is not None and truth:
             row["quality_auc"] = reporting.roc_auc(is_clean, method.quality.cpu().numpy())
         row.update({k: float(v) for k, v in stats.items()})
         if main:
@@ -201,31 +254,54 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
     if not main:
         return {"method": method_name, "seed": seed, "rank": dist.rank()}
     summary = reporting.summarise(log.rows())
-    summary.update(realised_noise_rate=labels.realised_rate,
-                   quality_auc=reporting.roc_auc(is_clean, q) if clean.all() else float("nan"),
-                   method=method_name, seed=seed)
+    summary.update(method=method_name, seed=seed)
+    issues = label_issues(labels.noisy, quality=np.clip(q, 0.0, 1.0), probs=train_probs(method),
+                          paths=getattr(data, "train_files", None),
+                          true_labels=data.y_train if truth else None,
+                          class_names=_names(data))
+    issues.write_csv(os.path.join(run_dir, LABEL_ISSUES))
+    summary["label_issues"] = issues.summary()
+    if truth:
+        summary.update(realised_noise_rate=labels.realised_rate,
+                       quality_auc=reporting.roc_auc(is_clean, q))
     reporting.write_json(os.path.join(run_dir, "result.json"), summary)
     if s.plots:
         try:
-            if clean.all():
+            if truth:
                 reporting.plot_quality_hist(q, is_clean, os.path.join(run_dir, "quality_hist.png"),
                                             f"{method_name}, seed {seed}: label quality")
-            gallery(method, data, labels, q, os.path.join(run_dir, "gallery.png"))
+            reporting.plot_label_issues(issues, data.x_train, os.path.join(run_dir,
+                                        "label_issues.png"), mean=data.mean, std=data.std)
+            if method.uses_anm:
+                gallery(method, data, labels, q, os.path.join(run_dir, "gallery.png"))
         except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
             print(f"warning: plots failed: {e}", file=sys.stderr)
     return summary
 
 
+LABEL_ISSUES = "label_issues.csv"
+
+
+def _names(data: DataBundle) -> Optional[List[str]]:
+    """Class names worth a column: not for classes that are just their own index (digits)."""
+    names = list(data.class_names or [])
+    if len(names) != data.num_classes or names == [str(i) for i in range(data.num_classes)]:
+        return None
+    return names
+
+
 def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: str, n: int = 8):
-    """Energy maps and erased boxes of the first noisy and clean training images."""
+    """What ANM erases: the n/2 lowest- and n/2 highest-quality training images with their
+    activation energy and the two boxes (red: around the activation peak, blue: around the
+    minimum); lower quality means larger boxes."""
     from ..api import anm_mask
     from .methods.anm_parts import feature_map
     from .presets import anm_config
 
     net = method.nets()[0]
-    noisy_idx = np.flatnonzero(labels.noisy != data.y_train)[: n // 2]
-    clean_idx = np.flatnonzero(labels.noisy == data.y_train)[: n - len(noisy_idx)]
-    idx = torch.as_tensor(np.concatenate([noisy_idx, clean_idx]), dtype=torch.int64)
+    order = np.argsort(q, kind="stable")
+    idx = torch.as_tensor(np.concatenate([order[: n // 2], order[::-1][: n - n // 2]]),
+                          dtype=torch.int64)
     x = data.x_train[idx].to(method.ctx.device).float()
     fmap = feature_map(net, x).float()
     qb = torch.as_tensor(q[idx.numpy()], dtype=torch.float32, device=x.device).clamp(0, 1)
@@ -236,8 +312,7 @@ def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: 
 
     energy = F.interpolate(mb.energy[:, None], size=x.shape[-2:], mode="bilinear",
                            align_corners=False)[:, 0]
-    names = [f"y={int(labels_t[i])} true={int(data.y_train[int(j)])} q={float(qb[i]):.2f}"
-             for i, j in enumerate(idx)]
+    names = [f"y={int(labels_t[i])} q={float(qb[i]):.2f}" for i in range(len(idx))]
     reporting.plot_gallery(x.cpu(), energy.cpu(), mb.box_max.cpu(), mb.box_min.cpu(), names, path,
                            mean=data.mean, std=data.std)
 
@@ -263,6 +338,8 @@ def run(s: Settings, out: str, *, stop_after: Optional[int] = None,
     device = choose_device(s.device)
     for m in s.methods:
         get_method(m)  # fail fast on a typo, before loading any data
+    if not s.preset:
+        resolve_preset(s)
     kind, _ = parse_noise(s.noise)
     first_hp = _hp_for(s, s.methods[0], kind)
     data = load_dataset(s.dataset, s.data_dir, image_size=int(first_hp["image_size"]),
@@ -275,11 +352,12 @@ def run(s: Settings, out: str, *, stop_after: Optional[int] = None,
     for seed in s.seeds:
         labels = prepare_labels(s, data, seed, os.path.join(out, "noise", f"seed{seed}.npz"))
         if main:
-            print(f"seed {seed}: {labels.description}, realised noise rate "
-                  f"{100 * labels.realised_rate:.2f}% on {len(labels.noisy)} training images",
-                  file=sys.stderr)
+            rate = ("" if labels.realised_rate is None else
+                    f", realised noise rate {100 * labels.realised_rate:.2f}%")
+            print(f"seed {seed}: {labels.description}{rate} on {len(labels.noisy)} training "
+                  f"images", file=sys.stderr)
         for m in s.methods:
-            hp = _hp_for(s, m, kind, data.preset)
+            hp = _hp_for(s, m, kind)
             run_dir = os.path.join(out, m, f"seed{seed}")
             done = os.path.join(run_dir, "result.json")
             if os.path.exists(done) and _finished(done, hp):
@@ -321,8 +399,7 @@ def _finished(result_path: str, hp: Dict) -> bool:
         return json.load(f).get("epochs") == int(hp["epochs"])
 
 
-def _hp_for(s: Settings, method: str, kind: str, preset: Optional[str] = None) -> Dict:
-    """`preset`: the data set whose presets apply when not s.dataset (DataBundle.preset)."""
+def _hp_for(s: Settings, method: str, kind: str) -> Dict:
     overrides = dict(s.hp)
     overrides.update(s.method_hp.get(method, {}))
-    return resolve(method, preset or s.dataset, kind, s.noise_rate, overrides)
+    return resolve(method, s.preset, kind, s.noise_rate, overrides)

@@ -1,4 +1,5 @@
-"""Label-noise generators: symmetric, exact-rate symmetric, asymmetric, instance-dependent, human.
+"""Label-noise generators: symmetric, exact-rate symmetric, asymmetric, instance-dependent, human,
+and "none" (the labels as given: a data set that brings its own, possibly wrong, labels).
 
 Every generator is a pure function of (clean labels, rate, seed[, features]) so the same seed gives
 the same noisy labels for every method of a comparison. The realised rate (fraction of labels that
@@ -15,7 +16,9 @@ from typing import Dict, Optional
 
 import numpy as np
 
-NOISE_KINDS = ("sym", "sym-exact", "asym", "idn", "human")
+NOISE_KINDS = ("none", "sym", "sym-exact", "asym", "idn", "human")
+# kinds we synthesise ourselves: the truth (which labels are wrong) is known
+SYNTHETIC = ("sym", "sym-exact", "asym", "idn")
 
 # CIFAR-10 (spec): truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_ASYM = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -34,7 +37,8 @@ CIFAR100_COARSE = [
 @dataclass
 class NoisyLabels:
     noisy: np.ndarray      # (n,) int64
-    realised_rate: float   # fraction of labels that differ from the clean ones (nan if unknown)
+    realised_rate: Optional[float]  # fraction of labels that differ from the clean ones (None:
+                                    # unknown, e.g. labels as given)
     description: str
 
 
@@ -42,8 +46,8 @@ def parse_noise(spec: str):
     """'sym' / 'asym' / ... or 'human:KEY' -> (kind, key)."""
     kind, _, key = spec.partition(":")
     if kind not in NOISE_KINDS:
-        raise ValueError(f"unknown noise {spec!r}: choose one of sym, sym-exact, asym, idn, "
-                         f"human:KEY (e.g. human:worse_label)")
+        raise ValueError(f"unknown noise {spec!r}: choose one of none (labels as given), sym, "
+                         f"sym-exact, asym, idn, human:KEY (e.g. human:worse_label)")
     # human without a KEY is fine for a file holding one label list (a text list, .npy); a
     # CIFAR-N dict file then fails with the list of its keys.
     if kind != "human" and key:
@@ -152,6 +156,8 @@ def make_noisy_labels(kind: str, rate: float, clean: np.ndarray, *, num_classes:
                       dataset: str, seed: int, features=None, coarse=None,
                       human: Optional[np.ndarray] = None) -> NoisyLabels:
     clean = np.asarray(clean, dtype=np.int64)
+    if kind == "none":  # train on the labels as they are; which of them are wrong is unknown
+        return NoisyLabels(clean.copy(), None, "labels as given")
     if kind == "sym":
         noisy = symmetric(clean, rate, num_classes, seed)
     elif kind == "sym-exact":
@@ -164,7 +170,7 @@ def make_noisy_labels(kind: str, rate: float, clean: np.ndarray, *, num_classes:
         noisy = instance_dependent(clean, features, rate, num_classes, seed)
     elif kind == "human":
         if human is None:
-            raise ValueError("human noise needs --noise-file with the CIFAR-N label file")
+            raise ValueError("human noise needs --noise-file with the label list")
         noisy = np.asarray(human, dtype=np.int64)
         if noisy.shape != clean.shape:
             raise ValueError(f"the human label list has {len(noisy)} labels but the training set "
@@ -181,7 +187,8 @@ def save_cached(path: str, labels: NoisyLabels, meta: dict) -> None:
     labels instead of trusting a generator to replay."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez(tmp, noisy=labels.noisy, realised_rate=labels.realised_rate,
+    rate = np.nan if labels.realised_rate is None else labels.realised_rate
+    np.savez(tmp, noisy=labels.noisy, realised_rate=rate,
              meta=json.dumps(meta, sort_keys=True), description=labels.description)
     os.replace(tmp, path)
 
@@ -193,5 +200,6 @@ def load_cached(path: str, meta: dict) -> Optional[NoisyLabels]:
         if json.loads(str(f["meta"])) != json.loads(json.dumps(meta, sort_keys=True)):
             raise ValueError(f"{path} holds noisy labels for other settings ({str(f['meta'])}); "
                              f"use a new run folder")
-        return NoisyLabels(f["noisy"].astype(np.int64), float(f["realised_rate"]),
+        rate = float(f["realised_rate"])
+        return NoisyLabels(f["noisy"].astype(np.int64), None if np.isnan(rate) else rate,
                            str(f["description"]))

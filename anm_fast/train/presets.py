@@ -1,13 +1,15 @@
 """Per-setting hyper-parameters, in one table instead of a paper appendix.
 
-`resolve(method, dataset, noise_kind, rate, overrides)` returns the merged dict: general defaults,
-then the data set's, then the method's per-noise preset, then the user's config file and flags
-(in that order). The CIFAR numbers are DivideMix's published ones and the ANM release's; the digits
-numbers were tuned on digits by us (docs/RESULTS_TRAINING.md says how they were measured).
+`resolve(method, preset, noise_kind, rate, overrides)` returns the merged dict: general defaults,
+then the named preset's (PRESETS), then the method's per-noise preset, then the user's config file
+and flags (in that order). `choose_preset` picks the preset of a run from its data (data set,
+number and size of images, device) unless `--preset` names one. The CIFAR numbers are DivideMix's
+published ones and the ANM release's; the digits numbers were tuned on digits by us
+(docs/RESULTS_TRAINING.md says how they were measured).
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 COMMON: Dict[str, Any] = dict(
     model="preact_resnet18", width=None, epochs=300, batch_size=64, lr=0.02, momentum=0.9,
@@ -34,7 +36,7 @@ COMMON: Dict[str, Any] = dict(
     sync_bn=True,                # torchrun: BatchNorm over the global batch (distributed.py)
 )
 
-DATASET: Dict[str, Dict[str, Any]] = {
+PRESETS: Dict[str, Dict[str, Any]] = {
     # digits: 1347 training images. DivideMix's 2x warm-up batch and 5 epochs leave the networks
     # so under-trained that whole classes vanish from the first labeled split, and one pass over
     # a labeled set of ~300 images is 5 steps an epoch (measured: accuracy fell below CE). So:
@@ -46,11 +48,38 @@ DATASET: Dict[str, Dict[str, Any]] = {
                    warmup=10, warmup_batch_factor=1, class_floor=0.5, dm_epoch="all", rampup=10, anm_preset="digits", recon_weight=0.02),
     "cifar10": dict(warmup=10),
     "cifar100": dict(warmup=20),
-    # Clothing1M-style real noise (spec): ResNet-50, lr 0.0009 / 10 at 40, 80 epochs, lambda_u 0,
-    # reconstruction weight 0.3; the ANM boxes of the clothing1m preset.
-    "imagefolder": dict(model="resnet50", epochs=80, lr=0.0009, lr_step=40, warmup=1,
-                        lambda_u=0.0, recon_weight=0.3, anm_preset="clothing1m", batch_size=32),
+    # Clothing1M-style real noise (spec): ResNet-50 on 224x224 images, lr 0.0009 / 10 at 40,
+    # 80 epochs, lambda_u 0, reconstruction weight 0.3; the ANM boxes of the clothing1m preset.
+    # Days on a CPU: chosen automatically only on a GPU, for large photos.
+    "clothing1m": dict(model="resnet50", epochs=80, lr=0.0009, lr_step=40, warmup=1,
+                       lambda_u=0.0, recon_weight=0.3, anm_preset="clothing1m", batch_size=32,
+                       image_size=224),
+    # Any image folder on a GPU: the CIFAR recipe (PreAct ResNet-18 on 32x32 images).
+    "small-images-gpu": dict(warmup=10, image_size=32),
+    # An image folder on a CPU: the digits recipe at 32x32 with a 16-wide small CNN and fewer
+    # epochs, so a few thousand images train in minutes on 2 cores.
+    "small-images-cpu": dict(model="small_cnn", width=16, epochs=15, batch_size=64, lr=0.05,
+                             alpha=0.75, schedule="cosine", warmup=5, warmup_batch_factor=1,
+                             class_floor=0.5, dm_epoch="all", rampup=5, anm_preset="cifar",
+                             image_size=32),
 }
+# The preset each data set starts from; image folders are chosen by choose_preset.
+DATASET_PRESET = {"digits": "digits", "cifar10": "cifar10", "cifar100": "cifar100"}
+
+
+def choose_preset(dataset: str, device_type: str, n_train: int = 0,
+                  image_hw: Tuple[int, int] = (0, 0)) -> Tuple[str, str]:
+    """(preset name, the reason in words) for a run on this data and device."""
+    if dataset in DATASET_PRESET:
+        return DATASET_PRESET[dataset], f"the {dataset} preset"
+    what = f"{n_train} training images of {image_hw[0]}x{image_hw[1]} on {device_type}"
+    if device_type != "cuda":
+        return "small-images-cpu", (f"{what}: a small CNN on 32x32 images, minutes on a CPU "
+                                    f"(--preset NAME for another)")
+    if min(image_hw) >= 128 and n_train >= 20000:
+        return "clothing1m", f"{what}: large photos, many of them: ResNet-50 on 224x224"
+    return "small-images-gpu", f"{what}: PreAct ResNet-18 on 32x32 images (the CIFAR recipe)"
+
 
 
 def _dividemix_noise_preset(dataset: str, kind: str, rate: float) -> Dict[str, Any]:
@@ -74,12 +103,14 @@ def _dividemix_noise_preset(dataset: str, kind: str, rate: float) -> Dict[str, A
     return out
 
 
-def resolve(method: str, dataset: str, noise_kind: str, rate: float,
+def resolve(method: str, preset: str, noise_kind: str, rate: float,
             overrides: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     hp = dict(COMMON)
-    hp.update(DATASET.get(dataset, {}))
+    hp.update(PRESETS[preset])
     if method in ("dividemix", "dividemix-anm", "anm"):
-        hp.update(_dividemix_noise_preset(dataset, noise_kind, rate))
+        hp.update(_dividemix_noise_preset(preset, noise_kind, rate))
     for k, v in (overrides or {}).items():
         if v is None:
             continue

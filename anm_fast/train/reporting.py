@@ -1,4 +1,8 @@
-"""What a run leaves behind: metrics.jsonl, results.json, a printed table, PNG plots."""
+"""What a run leaves behind: metrics.jsonl, results.json, a printed table, PNG plots.
+
+Every JSON file is written with allow_nan=False: a metric without a defined value (a ROC AUC with
+no wrong label, a noise rate of labels taken as given) is left out, never written as NaN, which
+most JSON parsers reject."""
 from __future__ import annotations
 
 import json
@@ -51,7 +55,7 @@ class MetricsLog:
 
     def write(self, row: Dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(defined(row), allow_nan=False) + "\n")
             f.flush()
 
     def rows(self) -> List[Dict]:
@@ -80,10 +84,24 @@ def summarise(rows: Sequence[Dict]) -> Dict[str, float]:
             "epochs": len(rows)}
 
 
+def defined(obj):
+    """`obj` without the dict entries whose value is None, NaN or infinite (recursively)."""
+    if isinstance(obj, dict):
+        return {k: defined(v) for k, v in obj.items() if not _undefined(v)}
+    if isinstance(obj, (list, tuple)):
+        return [defined(v) for v in obj]
+    return obj
+
+
+def _undefined(v) -> bool:
+    return v is None or (isinstance(v, (float, np.floating)) and not math.isfinite(float(v)))
+
+
 def write_json(path: str, obj) -> None:
+    """Strict JSON (no NaN/Infinity: undefined metrics are left out), via a temp file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+        json.dump(defined(obj), f, indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
     os.replace(tmp, path)
 
 
@@ -208,6 +226,35 @@ def plot_gallery(images, energy, box_max, box_min, labels: Optional[Sequence[str
             a.set_yticks([])
     axes[0, 0].set_ylabel("image + boxes", fontsize=7)
     axes[1, 0].set_ylabel("energy", fontsize=7)
+    fig.suptitle("ANM boxes: red = erased around the activation peak, blue = around the minimum "
+                 "(larger when label quality q is low)", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_label_issues(issues, images, path: str, n: int = 16, mean=None, std=None) -> None:
+    """The n most suspect training images of a LabelIssues table, titled given -> predicted."""
+    plt = _plt()
+    rows = issues.rows[:n]
+    if not rows:
+        return
+    cols = min(8, len(rows))
+    nrow = (len(rows) + cols - 1) // cols
+    fig, axes = plt.subplots(nrow, cols, figsize=(1.5 * cols, 1.8 * nrow), squeeze=False)
+    for a in axes.flat:
+        a.axis("off")
+    for a, r in zip(axes.flat, rows):
+        img = images[r["index"]].detach().float().cpu()
+        if mean is not None:
+            img = img * torch_tensor(std).view(-1, 1, 1) + torch_tensor(mean).view(-1, 1, 1)
+        img = img.clamp(0, 1).permute(1, 2, 0).numpy()
+        a.imshow(img[..., 0] if img.shape[2] == 1 else img,
+                 cmap="gray" if img.shape[2] == 1 else None)
+        given = r.get("given_class", r["given_label"])
+        pred = r.get("predicted_class", r["predicted_label"])
+        a.set_title(f"#{r['index']} given {given}\npred {pred} q={r['quality']:.2f}", fontsize=6)
+    fig.suptitle("most suspect labels (label_issues.csv order)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -77,6 +77,8 @@ class Method:
             kwargs["cifar_stem"] = True
         if self.hp.get("width") and name in ("small_cnn", "preact_resnet18"):
             kwargs["width"] = int(self.hp["width"])
+        if name.startswith("timm:"):
+            kwargs["image_size"] = int(d.x_train.shape[-1])
         net = build_model(name, d.num_classes, in_channels=d.x_train.shape[1], **kwargs)
         if self.hp.get("pretrained"):
             # Local weights only (never downloaded); the classifier head may differ in size.
