@@ -47,6 +47,10 @@ def test_default_config_is_not_the_recipe(capsys):
 
 
 def test_clothing1m_recipe_keeps_the_release_numbers_not_its_defects(capsys, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "train" / "shirt").mkdir(parents=True)  # the preset is chosen from the images
+    Image.new("RGB", (64, 64)).save(tmp_path / "train" / "shirt" / "0.png")
     cfg = print_config(capsys, "--recipe", "sanm-release-clothing1m", "--dataset",
                        "imagefolder", "--data-dir", str(tmp_path))
     hp = cfg["hyper_parameters"]["dividemix-anm"]

@@ -57,6 +57,7 @@ HP_HELP = {
     "train_subset": "train on the first N training images only (quick trials)",
     "pretrained": "a local state_dict file to start from (nothing is downloaded)",
     "threads": "CPU threads for torch (1 is often faster on a busy 2-core machine)",
+    "eval_every": "evaluate on the test set every N epochs (and after the last)",
 }
 # boolean hyper-parameter flags (--name / --no-name)
 HP_SWITCHES = {"compile": "torch.compile the networks (GPU)",

@@ -85,7 +85,7 @@ def summarise(rows: Sequence[Dict]) -> Dict[str, float]:
 
 
 def defined(obj):
-    """`obj` without the dict entries whose value is None, NaN or infinite (recursively)."""
+    """`obj` without the dict entries whose value is NaN or infinite (recursively)."""
     if isinstance(obj, dict):
         return {k: defined(v) for k, v in obj.items() if not _undefined(v)}
     if isinstance(obj, (list, tuple)):
@@ -94,7 +94,7 @@ def defined(obj):
 
 
 def _undefined(v) -> bool:
-    return v is None or (isinstance(v, (float, np.floating)) and not math.isfinite(float(v)))
+    return isinstance(v, (float, np.floating)) and not math.isfinite(float(v))
 
 
 def write_json(path: str, obj) -> None:
