@@ -7,15 +7,22 @@ loss, and the feature map captured in the same pass feeds the reconstruction dec
 The released code runs the erased images a second time for the decoder; the features are the
 same, so one pass serves both.
 
-The feature layer is the module whose output is the last convolutional feature map before global
+The feature layer is the module whose output is the last spatial feature map before global
 pooling. It is, in order: the `feature_layer` argument (a module name such as "layer4", or the
 module itself), the model's `anm_feature_layer` attribute (set by anm_fast.models), or found
 automatically during the first clean pass (see `find_feature_layer`) and cached per model.
+
+Its output may be a (B, D, h, w) map (CNNs), a channels-last (B, h, w, D) map (Swin, the NHWC
+layers of timm models) or (B, N, D) tokens (ViT, DeiT: class and register tokens before an h x w
+patch grid); `feature_map` turns each into (B, D, h, w). Modules inside attention blocks (queries,
+keys, per-head tensors) are never chosen.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
 import warnings
 import weakref
 from typing import Callable, List, Optional, Tuple, Union
@@ -28,7 +35,8 @@ from .api import MaskBatch, anm_mask
 from .config import ANMConfig
 from .losses import soft_cross_entropy
 
-__all__ = ["MaskedOutput", "masked_forward", "find_feature_layer", "FeatureLayerWarning"]
+__all__ = ["MaskedOutput", "masked_forward", "find_feature_layer", "feature_map",
+           "FeatureLayout", "FeatureLayerWarning"]
 
 logger = logging.getLogger("anm_fast")
 
@@ -55,9 +63,36 @@ class MaskedOutput:
     feature_layer: str              # the module name whose output was used
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureLayout:
+    """How a feature layer's output holds its map: "nchw" (B, D, h, w), "nhwc" (B, h, w, D), or
+    "tokens" (B, prefix + h*w, D) with `prefix` class/register tokens before the patch grid."""
+
+    kind: str
+    prefix: int = 0
+    grid: Tuple[int, int] = (0, 0)
+
+
+NCHW = FeatureLayout("nchw")
+
+
+def feature_map(output: torch.Tensor, layout: FeatureLayout) -> torch.Tensor:
+    """The (B, D, h, w) map of a feature layer's output (differentiable views/copies)."""
+    if layout.kind == "nchw":
+        return output
+    if layout.kind == "nhwc":
+        return output.permute(0, 3, 1, 2)
+    B, _, D = output.shape
+    h, w = layout.grid
+    return output[:, layout.prefix:].transpose(1, 2).reshape(B, D, h, w)
+
+
 # Feature layers found automatically, per (unwrapped) model: discovery costs nothing after the
 # first call and the choice is reported once.
-_DISCOVERED: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+_DISCOVERED: "weakref.WeakKeyDictionary[nn.Module, Tuple[str, FeatureLayout]]" = \
+    weakref.WeakKeyDictionary()
+# models already warned about a 1x1 feature map
+_WARNED_1X1: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _FIXED_POOLS = (nn.AvgPool2d, nn.MaxPool2d, nn.LPPool2d)
@@ -78,8 +113,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def _resolve_layer(inner: nn.Module, layer: LayerSpec) -> Optional[Tuple[str, nn.Module]]:
     if layer is None:
         layer = getattr(inner, "anm_feature_layer", None)
-        if layer is None:
-            layer = _DISCOVERED.get(inner)
+        if layer is None and inner in _DISCOVERED:
+            layer = _DISCOVERED[inner][0]
         if layer is None:
             return None
     if isinstance(layer, nn.Module):
@@ -98,12 +133,66 @@ def _resolve_layer(inner: nn.Module, layer: LayerSpec) -> Optional[Tuple[str, nn
                          f"its top-level modules are {names}") from None
 
 
-def _check_fmap(name: str, output, B: int) -> torch.Tensor:
-    if not isinstance(output, torch.Tensor) or output.dim() != 4 or output.shape[0] != B:
+def _token_layout(inner: nn.Module, n: int) -> Optional[FeatureLayout]:
+    """Layout of (B, n, D) tokens: timm's patch_embed.grid_size and num_prefix_tokens when they
+    fit, else the fewest leading tokens (at most 8: class, distillation, registers) that leave a
+    square grid."""
+    prefix = getattr(inner, "num_prefix_tokens", None)
+    grid = getattr(getattr(inner, "patch_embed", None), "grid_size", None)
+    if isinstance(prefix, int) and grid is not None and len(grid) == 2 and \
+            n - prefix == int(grid[0]) * int(grid[1]) > 0:
+        return FeatureLayout("tokens", prefix, (int(grid[0]), int(grid[1])))
+    for p in range(0, min(8, n - 1) + 1):
+        r = math.isqrt(n - p)
+        if r > 0 and r * r == n - p:
+            return FeatureLayout("tokens", p, (r, r))
+    return None
+
+
+def _layout(inner: nn.Module, module: nn.Module, out: torch.Tensor,
+            width: Optional[int] = None) -> Optional[FeatureLayout]:
+    """The layout of a 4-D or 3-D layer output, or None when it holds no spatial map.
+
+    4-D: channels-last when the model says so (timm's output_fmt "NHWC", e.g. Swin), when the
+    last dim alone matches `width` (the features entering the classifier), or for a LayerNorm
+    over the last dim (timm ConvNeXt blocks); else channels-first."""
+    if out.dim() == 3:
+        return _token_layout(inner, out.shape[1]) if out.shape[1] > 1 else None
+    if out.dim() != 4:
+        return None
+    if getattr(inner, "output_fmt", None) == "NHWC" or str(getattr(inner, "output_fmt", "")) \
+            .endswith("NHWC"):
+        return FeatureLayout("nhwc")
+    if width is not None and out.shape[-1] == width != out.shape[1]:
+        return FeatureLayout("nhwc")
+    if width is None and type(module) is nn.LayerNorm and \
+            tuple(module.normalized_shape) == (out.shape[-1],) and out.shape[1] != out.shape[-1]:
+        return FeatureLayout("nhwc")
+    return NCHW
+
+
+def _check_fmap(name: str, output, B: int, layout: FeatureLayout) -> torch.Tensor:
+    ok = isinstance(output, torch.Tensor) and output.shape[0:1] == (B,) and (
+        output.dim() == 3 and layout.kind == "tokens" and
+        output.shape[1] == layout.prefix + layout.grid[0] * layout.grid[1] or
+        output.dim() == 4 and layout.kind in ("nchw", "nhwc"))
+    if not ok:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ValueError(f"feature_layer {name!r} must output a (B, K, h, w) feature map with "
-                         f"B={B}, got {shape}; pick a convolutional stage before global pooling")
-    return output
+        raise ValueError(f"feature_layer {name!r} must output a (B, D, h, w) or (B, h, w, D) "
+                         f"feature map or (B, tokens, D) patch tokens with B={B}, got {shape}; "
+                         f"pick a stage before global pooling")
+    return feature_map(output, layout)
+
+
+def _warn_if_1x1(inner: nn.Module, name: str, fmap: torch.Tensor, x: torch.Tensor) -> None:
+    if tuple(fmap.shape[2:]) != (1, 1) or inner in _WARNED_1X1:
+        return
+    _WARNED_1X1[inner] = True
+    warnings.warn(f"anm_fast: the feature map of {name!r} is 1x1 for {x.shape[-2]}x{x.shape[-1]} "
+                  f"images: ANM has no place to choose (both boxes sit in the top-left corner). "
+                  f"Use larger images, a stem that keeps resolution (e.g. "
+                  f"anm_fast.models.torchvision_resnet(cifar_stem=True)) or an earlier layer "
+                  f"(feature_layer=)", FeatureLayerWarning, stacklevel=3)
 
 
 def _forward_capturing(model: nn.Module, layer: nn.Module, x: torch.Tensor):
@@ -131,39 +220,59 @@ def _is_global_pool(module: nn.Module, inputs, output) -> bool:
             and tuple(output.shape[2:]) == (1, 1) and tuple(x.shape[2:]) != (1, 1))
 
 
+def _inside_attention(model: nn.Module, name: str) -> bool:
+    """Whether `name` is an attention module or lies inside one (queries, keys, per-head maps:
+    tensors of an attention's internals, never the model's feature map)."""
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        if parts[i - 1] in ("attn", "attention") or \
+                "attention" in type(model.get_submodule(".".join(parts[:i]))).__name__.lower():
+            return True
+    return False
+
+
 def _discovering_forward(model: nn.Module, x: torch.Tensor):
-    """model(x) with a hook on every submodule; returns (logits, name, feature map).
+    """model(x) with a hook on every submodule; returns (logits, name, layout, output).
 
-    The choice: the last module (in the order outputs are produced) whose output is a 4-D
-    (B, K, h, w) float tensor and which runs before the first global pooling module. Hooks fire
-    inner-first, so of nested modules returning the same tensor (layer4.1 then layer4) the
-    outermost, which fires last, is chosen."""
+    The choice: the last module (in the order outputs are produced), outside attention blocks,
+    whose output is a spatial map (4-D, or 3-D tokens on a patch grid) with the batch's size and
+    which runs before the first global pooling module. Hooks fire inner-first, so of nested
+    modules returning the same tensor (layer4.1 then layer4) the outermost, which fires last, is
+    chosen. The width of the first 2-D (B, D) output after it tells (B, D, h, w) from (B, h, w, D).
+    Outputs are recorded as shapes plus the chosen tensor only: holding every module's output
+    would keep tensors that in-place modules (ReLU(inplace=True)) later change."""
     B = x.shape[0]
-    events: List[Tuple[str, torch.Tensor, bool]] = []
+    events: List[Tuple[str, nn.Module, torch.Tensor, bool]] = []
 
-    def hook_for(name):
-        def hook(module, inputs, output):
+    def hook_for(name, module):
+        def hook(mod, inputs, output):
             if isinstance(output, torch.Tensor) and output.is_floating_point():
-                events.append((name, output, output.dim() == 4 and _is_global_pool(
-                    module, inputs, output)))
+                events.append((name, module, output, output.dim() == 4 and _is_global_pool(
+                    mod, inputs, output)))
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
+    handles = [m.register_forward_hook(hook_for(n, m)) for n, m in model.named_modules() if n]
     try:
         logits = model(x)
     finally:
         for h in handles:
             h.remove()
-    chosen = None
-    for name, out, pooled in events:
+    chosen, width = None, None
+    for name, module, out, pooled in events:
         if pooled:
             break
-        if out.dim() == 4 and out.shape[0] == B:
-            chosen = (name, out)
+        if chosen is not None and out.dim() == 2 and out.shape[0] == B and width is None:
+            width = out.shape[1]
+        if out.dim() in (3, 4) and out.shape[0] == B and not _inside_attention(model, name) and \
+                _layout(model, module, out) is not None:
+            chosen, width = (name, module, out), None
     if chosen is None:
-        raise ValueError(f"no submodule of {type(model).__name__} outputs a 4-D (B, K, h, w) "
-                         f"feature map before global pooling; pass feature_layer=")
-    return logits, chosen[0], chosen[1]
+        raise ValueError(f"no submodule of {type(model).__name__} outputs a (B, D, h, w) feature "
+                         f"map or patch tokens before global pooling; pass feature_layer=")
+    name, module, out = chosen
+    if width is None:  # no 2-D output before pooling: the pooled (B, D, 1, 1) map's width
+        width = next((o.shape[1] for _, _, o, pooled in events if pooled), None)
+    return logits, name, _layout(model, module, out, width), out
 
 
 def find_feature_layer(model: nn.Module, example: torch.Tensor) -> str:
@@ -171,13 +280,46 @@ def find_feature_layer(model: nn.Module, example: torch.Tensor) -> str:
 
     Runs one forward pass without gradient, in eval mode (the mode is restored)."""
     inner = unwrap_model(model)
-    was_training = inner.training
-    inner.eval()
+    with _eval_no_grad(inner):
+        return _discovering_forward(inner, example)[1]
+
+
+def probe_feature_layer(inner: nn.Module, x: torch.Tensor, feature_layer: LayerSpec = None):
+    """(logits, layer name, (B, D, h, w) feature map) of one eval-mode pass without gradient on
+    an unwrapped model; an automatically found layer is cached as masked_forward's would be."""
+    with _eval_no_grad(inner):
+        resolved = _resolve_layer(inner, feature_layer)
+        if resolved is None:
+            logits, name, layout, out = _discovering_forward(inner, x)
+            _DISCOVERED[inner] = (name, layout)
+        else:
+            name, layer = resolved
+            logits, out = _forward_capturing(inner, layer, x)
+            layout = _layout_of(inner, name, layer, out)
+    return logits, name, _check_fmap(name, out, x.shape[0], layout)
+
+
+@contextlib.contextmanager
+def _eval_no_grad(model: nn.Module):
+    """Eval mode and no gradient for one pass; every submodule's own mode is restored (a model
+    may hold eval-mode parts inside a train-mode container)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     try:
         with torch.no_grad():
-            return _discovering_forward(inner, example)[1]
+            yield
     finally:
-        inner.train(was_training)
+        for m, mode in modes:
+            m.training = mode
+
+
+def _layout_of(inner: nn.Module, name: str, layer: nn.Module, out) -> FeatureLayout:
+    """The layout of a named (or anm_feature_layer / discovered) layer's output."""
+    if inner in _DISCOVERED and _DISCOVERED[inner][0] == name:
+        return _DISCOVERED[inner][1]
+    if isinstance(out, torch.Tensor):
+        return _layout(inner, layer, out) or NCHW
+    return NCHW
 
 
 def _soft_targets(targets: torch.Tensor, n: int, B: int) -> torch.Tensor:
@@ -249,21 +391,25 @@ def masked_forward(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, qua
     inner = unwrap_model(model)
     resolved = _resolve_layer(inner, feature_layer)
     if resolved is None:
-        # First call on this model: discover the layer during the clean pass itself (no extra
-        # forward). It runs eagerly on the inner module: compiling a graph with a hook on every
-        # module for one call would be wasted work.
-        logits, name, fmap = _discovering_forward(inner, x)
-        _DISCOVERED[inner] = name
+        # First call on this model: find the layer with one extra forward pass without gradient
+        # on the inner module (eval mode, restored), then run the step as for a named layer.
+        # Discovering inside the step's own forward would hold every module's output for the
+        # backward pass, and a compiled model's in-place ops then break it.
+        with _eval_no_grad(inner):
+            _, name, layout, out = _discovering_forward(inner, x)
+        _DISCOVERED[inner] = (name, layout)
         layer = inner.get_submodule(name)
         message = (f"anm_fast: using {type(layer).__name__} {name!r} (output "
-                   f"{tuple(fmap.shape[1:])}) of {type(inner).__name__} as the feature layer; "
-                   f"pass feature_layer= to choose another")
+                   f"{tuple(out.shape[1:])}, read as {layout.kind}) of {type(inner).__name__} "
+                   f"as the feature layer; pass feature_layer= to choose another")
         logger.info(message)
         warnings.warn(message, FeatureLayerWarning, stacklevel=2)
     else:
         name, layer = resolved
-        logits, fmap = _forward_capturing(model, layer, x)
-    fmap = _check_fmap(name, fmap, B)
+    logits, raw = _forward_capturing(model, layer, x)
+    layout = _layout_of(inner, name, layer, raw)
+    fmap = _check_fmap(name, raw, B, layout)
+    _warn_if_1x1(inner, name, fmap, x)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != B:
         raise ValueError(f"the model must return (B, N) logits, got "
                          f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
@@ -272,7 +418,7 @@ def masked_forward(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, qua
     mask = anm_mask(x, fmap, soft, quality, config=config, seed=seed, sample_ids=sample_ids)
 
     logits_erased, fmap_erased = _forward_capturing(model, layer, mask.erased)
-    fmap_erased = _check_fmap(name, fmap_erased, 2 * B)
+    fmap_erased = _check_fmap(name, fmap_erased, 2 * B, layout)
 
     loss_fn = soft_cross_entropy if loss_fn is None else loss_fn
     targets_erased = mask.targets.repeat(2, 1)

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from .config import ANMConfig
-from .masked import (MaskedOutput, _discovering_forward, _forward_capturing, _resolve_layer,
-                     masked_forward, unwrap_model)
+from .masked import MaskedOutput, masked_forward, probe_feature_layer, unwrap_model
 
 __all__ = ["ReconstructionDecoder", "ANM"]
 
@@ -167,20 +166,7 @@ class ANM(nn.Module):
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         x = torch.zeros((2,) + self.image_shape, device=device, dtype=dtype)
-        was_training = inner.training
-        inner.eval()
-        try:
-            resolved = _resolve_layer(inner, feature_layer)
-            if resolved is None:
-                logits, name, fmap = _discovering_forward(inner, x)
-            else:
-                name = resolved[0]
-                logits, fmap = _forward_capturing(inner, resolved[1], x)
-        finally:
-            inner.train(was_training)
-        if not isinstance(fmap, torch.Tensor) or fmap.dim() != 4:
-            raise ValueError(f"feature_layer {name!r} must output a (B, K, h, w) feature map, "
-                             f"got {tuple(fmap.shape) if isinstance(fmap, torch.Tensor) else type(fmap).__name__}")
+        logits, name, fmap = probe_feature_layer(inner, x, feature_layer)
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"the model returns logits of shape {tuple(logits.shape)}, expected "
                              f"(B, {self.num_classes})")

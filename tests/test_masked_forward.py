@@ -131,14 +131,20 @@ def test_two_forward_passes_instead_of_three():
     torch.testing.assert_close(out.reconstruction, recon)
 
 
-def test_two_forward_passes_on_the_discovery_call_too():
+def test_discovery_costs_one_forward_without_gradient_once():
+    # the first call finds the layer in a no-grad pass of its own (a step's graph must not hold
+    # every module's output: compiled in-place updates would break its backward), then it and
+    # every later call take two passes
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(4, N))
     x, y, q = _batch()
     counter = _CountForwards(model)
     with pytest.warns(FeatureLayerWarning, match="'1'"):
         out = masked_forward(model, x, y, q, seed=0)
-    assert counter.count == 2 and out.feature_layer == "1"
+    assert counter.count == 3 and out.feature_layer == "1"
+    counter.count = 0
+    masked_forward(model, x, y, q, seed=0)
+    assert counter.count == 2
 
 
 @pytest.mark.parametrize("build,size,expected", [
@@ -291,7 +297,7 @@ def test_clear_errors():
     counter = _CountForwards(model)
     with pytest.raises(ValueError, match="'layer9' does not exist"):
         masked_forward(model, x, y, q, feature_layer="layer9")
-    with pytest.raises(ValueError, match=r"\(B, K, h, w\)"):
+    with pytest.raises(ValueError, match=r"\(B, D, h, w\)"):
         masked_forward(model, x, y, q, feature_layer="classifier")  # (B, N): not 4-D
     with pytest.raises(ValueError, match="N = 10"):  # width checked against the logits
         masked_forward(model, x, torch.rand(B, N + 1).softmax(1), q)
