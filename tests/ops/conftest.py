@@ -49,8 +49,10 @@ class Backend:
             return False
         return True
 
-    def skip_large(self, numel: int, limit: int = 200_000):
-        if self.interpreted and numel > limit:
+    def skip_large(self, size: int, limit: int = 200_000):
+        """Skips this case on the interpreter when `size` (elements, or samples) passes `limit`:
+        every case runs on the compiled backends; the interpreter keeps the small ones."""
+        if self.interpreted and size > limit:
             pytest.skip("too large for the Triton interpreter (run on a GPU)")
 
 

@@ -29,6 +29,11 @@ SHAPES = [  # (B, K, h, w, H, W)
     (4, 2048, 7, 7, 224, 224),   # ImageNet
     (2, 64, 56, 56, 224, 224),   # many positions
     (1, 4, 100, 120, 1000, 1100),  # energy map too big for shared memory
+    (2, 3, 9, 7, 2000, 1500),    # tap tables too big for shared memory
+    (2, 3, 8, 8, 512, 512),      # large image
+    (1, 512, 4, 4, 32, 32),
+    (1024, 512, 4, 4, 32, 32),
+    (2, 1, 6, 6, 6, 6),          # one channel, same size
 ]
 
 
@@ -46,12 +51,15 @@ def assert_same_as_reference(got, fmap, H, W, band):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_matches_reference(backend, shape, layout):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_matches_reference(backend, shape, layout, dtype):
     B, K, h, w, H, W = shape
-    backend.skip_large(B * K * h * w + B * H * W, limit=60_000)
+    # the interpreter takes every shape in float32, the small ones in every dtype
+    backend.skip_large((B * K * h * w + B * H * W) * (1 if dtype == torch.float32 else 8),
+                       limit=60_000)
     if B * K * h * w > 2_000_000 and layout != "contiguous":
         pytest.skip("large shape: contiguous only")
-    fmap = relayout(torch.randn(B, K, h, w), layout)
+    fmap = relayout(torch.randn(B, K, h, w).to(dtype), layout)
     for band in (0.0, 1.0 / 255.0, 0.3):
         assert_same_as_reference(backend("activation_peaks", fmap, H, W, band), fmap, H, W, band)
 

@@ -10,7 +10,7 @@ from anm_fast.testing import TOLERANCES, relayout, sample_boxes_args
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SHAPES = [(1, 3, 32, 32, 10), (7, 1, 5, 7, 2), (3, 3, 17, 9, 100), (2, 5, 40, 33, 3),
           (2, 2, 8, 8, 1500), (64, 3, 17, 9, 100), (1024, 3, 8, 8, 10), (2, 3, 224, 224, 10),
-          (1024, 3, 32, 32, 10)]
+          (1024, 3, 32, 32, 10), (3, 5, 17, 13, 10), (4, 8, 16, 16, 10), (2, 1, 9, 8, 10)]
 
 
 def layout_of(t, kind):
@@ -116,7 +116,8 @@ def test_label_shift_follows_the_spec(backend):
 
 
 @pytest.mark.parametrize("shape", [(6, 3, 11, 9, 5), (1, 3, 32, 32, 10), (3, 5, 17, 13, 6),
-                                   (2, 3, 224, 224, 6), (1024, 3, 32, 32, 10)],
+                                   (2, 3, 224, 224, 6), (1024, 3, 32, 32, 10), (4, 8, 16, 16, 6),
+                                   (2, 1, 9, 8, 6)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last", "sliced", "offset"])

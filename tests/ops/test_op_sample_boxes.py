@@ -42,6 +42,41 @@ def test_bit_exact(backend, B, H, W, C, anchor, config, uniform):
         assert torch.equal(got[3], args[15].expand(B, C)) and torch.equal(got[4], got[3])
 
 
+GRID_CONFIGS = [
+    # area_lo, area_hi, quality_gain, aspect_lo, area_scale, center_anchor, uniform_fill, fill
+    (0.02, 0.07, 0.03, 0.8, 0.5, True, True, None),
+    (0.06, 0.13, 0.2, 0.5, 1.0, False, True, None),
+    (0.02, 0.07, 0.03, 0.8, 0.5, True, False, "zero"),
+    (0.3, 0.9, 0.5, 0.3, 1.0, False, False, "mean"),  # large boxes: clamped to the image
+]
+
+
+@pytest.mark.parametrize("B", [1, 7, 1024])
+@pytest.mark.parametrize("HWC", [(32, 32, 3), (224, 224, 3), (17, 9, 5), (8, 8, 1)])
+@pytest.mark.parametrize("cfg", range(len(GRID_CONFIGS)))
+def test_bit_exact_grid(backend, B, HWC, cfg):
+    # ids anywhere in +-2**62, seeds of both signs, the seed on the CPU and on the device
+    H, W, C = HWC
+    backend.skip_large(B, limit=64)  # the interpreter takes the large batch elsewhere
+    gen = torch.Generator().manual_seed(B * 1000 + H + cfg)
+    pmax = torch.stack((torch.randint(0, H, (B,), generator=gen),
+                        torch.randint(0, W, (B,), generator=gen)), 1)
+    pmin = torch.stack((torch.randint(0, H, (B,), generator=gen),
+                        torch.randint(0, W, (B,), generator=gen)), 1)
+    q = torch.rand(B, generator=gen)
+    ids = torch.randint(-2**62, 2**62, (B,), generator=gen)
+    a_lo, a_hi, qg, asp, ascale, center, uniform, fill = GRID_CONFIGS[cfg]
+    fv = {"zero": torch.zeros(C), "mean": torch.linspace(-0.5, 0.7, C)}.get(fill, torch.zeros(0))
+    for seed_value in (0, 12345, -7, 2**63 - 1):
+        seed = torch.tensor(seed_value, dtype=torch.int64)
+        args = (pmax, pmin, q, ids, seed, H, W, C, a_lo, a_hi, qg, asp, ascale, center, uniform,
+                fv)
+        want = R.sample_boxes(*args)
+        assert_boxes_equal(backend("sample_boxes", *args), want)
+        on_device = args[:4] + (seed.to(backend.device),) + args[5:]
+        assert_boxes_equal(backend("sample_boxes", *on_device), want)
+
+
 def test_many_draws_bit_exact(backend):
     # Many streams: any float64 op-order or rounding difference shows up as a different box.
     cfg = anm_fast.ANMConfig(area_lo=0.01, area_hi=0.6, aspect_lo=0.3)
@@ -73,7 +108,7 @@ def test_strided_and_narrow_inputs(backend):
     B, H, W, C = 37, 29, 31, 3
     base = sample_boxes_args(B, H, W, C)
     pmax = base[0].t().contiguous().t().to(torch.int32)   # column-major int32 peaks
-    pmin = torch.stack((base[1], base[1]), 2)[..., 0]      # strided view
+    pmin = torch.stack((base[1], base[1]), 2)[..., 0].short()  # strided int16 view
     q = torch.stack((base[2], base[2]), 1)[:, 1].double()  # stride 2, float64
     ids = base[3].to(torch.int32)
     seed = base[4].reshape(1, 1).to(torch.int32)
