@@ -58,7 +58,7 @@ def activation_peaks(fmap: torch.Tensor, image_size, *, band: float = 0.0) -> Pe
         raise ValueError(f"fmap must be non-empty, got shape {tuple(fmap.shape)}")
     H, W = chk.image_size(image_size)
     result = Peaks(*ops.activation_peaks(fmap.detach(), H, W, chk.band(band)))
-    chk.check_values(energy=result.energy)
+    chk.check_values(energy=result.energy, fmap=fmap)
     return result
 
 
@@ -179,6 +179,7 @@ def _targets(targets, B: int, device, num_classes: Optional[int]):
     """(soft targets (B, N), the class indices when given as such (else None), N). The indices'
     range is checked by the caller's check_values, with the other value checks."""
     t = chk.tensor(targets, "targets")
+    chk.label_dtype(t, "targets")
     labels = None
     chk.same_device("x", device, targets=t)
     if not t.dtype.is_floating_point:
@@ -212,6 +213,7 @@ def erase_and_modulate(x: torch.Tensor, targets: torch.Tensor, box_max: torch.Te
     """Stage 3: the max-erased and min-erased copies of `x`, stacked as (2B, C, H, W), and the
     softened targets. Differentiable with respect to `x` and `targets`."""
     x = chk.float_tensor(x, "x", 4, "(B, C, H, W) images")
+    chk.non_empty(x, "x", "(B, C, H, W) images")
     B, C, _, _ = x.shape
     t, _, _ = _targets(targets, B, x.device, None)
     bmax = chk.int_tensor(box_max, "box_max", "(B, 4)", (B, 4))
@@ -225,8 +227,8 @@ def erase_and_modulate(x: torch.Tensor, targets: torch.Tensor, box_max: torch.Te
     if tuple(r.shape) != (B,):
         raise ValueError(f"ratio must have shape (B,) = ({B},), got {tuple(r.shape)}")
     chk.same_device("x", x, box_max=bmax, box_min=bmin, fill_max=fmax, fill_min=fmin, ratio=r)
-    if isinstance(label_gain, bool) or not isinstance(label_gain, (int, float)) or label_gain < 0:
-        raise ValueError(f"label_gain must be a number >= 0, got {label_gain!r}")
+    label_gain = chk.number(label_gain, "label_gain")
+    chk.check_values(soft_targets=t, ratio=r, fills=(("fill_max", fmax), ("fill_min", fmin)))
     return Erased(*ops.erase_and_modulate(x, t, bmax, bmin, fmax.detach(), fmin.detach(),
                                           r.detach(), float(label_gain)))
 
@@ -309,6 +311,7 @@ def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
                      chk.value_checks_active())
     except Exception:  # noqa: BLE001 - the general path reports it
         return None
+    chk.check_values(soft_targets=targets, energy=out[9], fmap=fmap)
     return MaskBatch(*out)  # the op's last output is a copy of the seed
 
 
@@ -325,6 +328,7 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
         if fast is not None:
             return fast
     x = chk.float_tensor(x, "x", 4, "(B, C, H, W) images")
+    chk.non_empty(x, "x", "(B, C, H, W) images")
     fmap = chk.float_tensor(fmap, "fmap", 4, "(B, K, h, w)")
     if 0 in fmap.shape[1:]:
         raise ValueError(f"fmap must be non-empty, got shape {tuple(fmap.shape)}")
@@ -338,17 +342,18 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
     if _use_fused_op(x):
         # One pass over the batch (csrc/cpu/anm_mask_cpu.cpp, kernels/anm_mask.py): the same
         # results as the three ops below, with the quality and energy checks made by the op.
-        if labels is not None:
-            chk.check_values(labels=labels, num_classes=n)
         out = ops.anm_mask(x, fmap.detach() if fmap.requires_grad else fmap, t, q, ids, seed_t,
                            *_fused_op_args(config, C, cached=not chk.compiling()),
                            chk.value_checks_active())
+        chk.check_values(labels=labels, num_classes=n, energy=out[9], fmap=fmap,
+                         soft_targets=t if labels is None else None)
         return MaskBatch(*out)  # the op's last output is a copy of the seed
     # Otherwise the three ops: arguments are checked once here, and every value check of the call
     # (labels, quality, finite energy) costs one host read together. The peaks come from our own
     # op, so they need no range check.
     peak_max, peak_min, energy = ops.activation_peaks(fmap.detach(), H, W, float(config.band))
-    chk.check_values(labels=labels, num_classes=n, quality=q, energy=energy)
+    chk.check_values(labels=labels, num_classes=n, quality=q, energy=energy, fmap=fmap,
+                     soft_targets=t if labels is None else None)
     boxes = _sample_boxes(peak_max, peak_min, q, ids, seed_t, H, W, C, config)
     erased, targets_out = ops.erase_and_modulate(x, t, boxes.box_max, boxes.box_min,
                                                  boxes.fill_max, boxes.fill_min, boxes.ratio,

@@ -8,11 +8,41 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Tuple, Union
+
+import numpy as np
 
 FillSpec = Union[str, Tuple[float, ...]]
 
 _ANCHORS = ("center", "corner")
+# area_scale and label_gain multiply the mask ratio s (at most 2: area_hi + quality_gain): past a
+# gain of 100 every box is the whole image and every label shift takes the top class's whole mass
+# for any s above 1%, and the kernels' float32 products stay far from overflow.
+_MAX_GAIN = 100.0
+# Fills are written into float32 (or narrower) images: beyond this they are not finite there.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FILL_ERROR = "ANMConfig.fill must be 'uniform', 'zero' or a tuple of per-channel values"
+
+
+def _fill_spec(fill):
+    """'uniform', 'zero', or a non-empty tuple of float32-finite per-channel floats."""
+    if isinstance(fill, str):
+        if fill not in ("uniform", "zero"):
+            raise ValueError(f"{_FILL_ERROR}, got {fill!r}")
+        return fill
+    try:
+        items = tuple(fill)
+    except TypeError:
+        raise ValueError(f"{_FILL_ERROR}, got {fill!r}") from None
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+               for v in items):
+        raise ValueError(f"{_FILL_ERROR} (numbers), got {fill!r}")
+    values = tuple(float(v) for v in items)
+    if not values or not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in values):
+        raise ValueError(f"ANMConfig.fill values must be finite float32 numbers and non-empty, "
+                         f"got {fill!r}")
+    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,40 +76,31 @@ class ANMConfig:
         for name in ("area_lo", "area_hi", "quality_gain", "aspect_lo", "area_scale", "band",
                      "label_gain"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+                    or not math.isfinite(value)):
                 raise ValueError(f"ANMConfig.{name} must be a finite number, got {value!r}")
-        if not 0.0 <= self.area_lo <= self.area_hi:
+            # numpy scalars become floats: a config compares, hashes and saves the same either way
+            object.__setattr__(self, name, float(value))
+        if not 0.0 <= self.area_lo <= self.area_hi <= 1.0:
             raise ValueError(
-                f"ANMConfig needs 0 <= area_lo <= area_hi, got area_lo={self.area_lo}, "
-                f"area_hi={self.area_hi}")
-        if self.quality_gain < 0:
-            raise ValueError(f"ANMConfig.quality_gain must be >= 0, got {self.quality_gain}")
+                f"ANMConfig needs 0 <= area_lo <= area_hi <= 1 (mask ratios are fractions of the "
+                f"image), got area_lo={self.area_lo}, area_hi={self.area_hi}")
+        if not 0.0 <= self.quality_gain <= 1.0:
+            raise ValueError(f"ANMConfig.quality_gain must lie in [0, 1] (it adds to the mask "
+                             f"ratio), got {self.quality_gain}")
         if not 0.0 < self.aspect_lo <= 1.0:
             raise ValueError(f"ANMConfig.aspect_lo must lie in (0, 1], got {self.aspect_lo}")
-        if self.area_scale <= 0:
-            raise ValueError(f"ANMConfig.area_scale must be > 0, got {self.area_scale}")
-        if self.anchor not in _ANCHORS:
+        if not 0.0 < self.area_scale <= _MAX_GAIN:
+            raise ValueError(f"ANMConfig.area_scale must lie in (0, {_MAX_GAIN:g}], got "
+                             f"{self.area_scale}")
+        if not isinstance(self.anchor, str) or self.anchor not in _ANCHORS:
             raise ValueError(f"ANMConfig.anchor must be one of {_ANCHORS}, got {self.anchor!r}")
         if not 0.0 <= self.band < 1.0:
             raise ValueError(f"ANMConfig.band must lie in [0, 1), got {self.band}")
-        if self.label_gain < 0:
-            raise ValueError(f"ANMConfig.label_gain must be >= 0, got {self.label_gain}")
-        fill = self.fill
-        if isinstance(fill, str):
-            if fill not in ("uniform", "zero"):
-                raise ValueError(
-                    f"ANMConfig.fill must be 'uniform', 'zero' or a tuple of per-channel values, "
-                    f"got {fill!r}")
-        else:
-            try:
-                values = tuple(float(v) for v in fill)
-            except TypeError:
-                raise ValueError(
-                    f"ANMConfig.fill must be 'uniform', 'zero' or a tuple of per-channel values, "
-                    f"got {fill!r}") from None
-            if not values or not all(math.isfinite(v) for v in values):
-                raise ValueError(f"ANMConfig.fill values must be finite and non-empty, got {fill!r}")
-            object.__setattr__(self, "fill", values)
+        if not 0.0 <= self.label_gain <= _MAX_GAIN:
+            raise ValueError(f"ANMConfig.label_gain must lie in [0, {_MAX_GAIN:g}], got "
+                             f"{self.label_gain}")
+        object.__setattr__(self, "fill", _fill_spec(self.fill))
 
     # ----------------------------------------------------------------------------------- presets
     @classmethod

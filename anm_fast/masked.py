@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _checks as chk
 from .api import MaskBatch, anm_mask
 from .config import ANMConfig
 from .losses import soft_cross_entropy
@@ -328,6 +329,7 @@ def _soft_targets(targets: torch.Tensor, n: int, B: int) -> torch.Tensor:
             raise ValueError(f"targets must be (B, N) with N = {n} (the model's logits), got "
                              f"shape {tuple(targets.shape)}")
         return targets
+    chk.hard_labels(targets, n)  # before one_hot, whose own error does not name the argument
     return F.one_hot(targets.long(), n).to(torch.float32)
 
 
@@ -337,8 +339,12 @@ def _early_checks(x, targets, quality, num_classes) -> None:
         raise ValueError(f"x must be a (B, C, H, W) image batch, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     B = x.shape[0]
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if B == 0:
+        raise ValueError("x must hold at least one image (the losses are means over the batch), "
+                         f"got shape {tuple(x.shape)}")
+    chk.tensor(x, "x")
+    targets = chk.tensor(targets, "targets")
+    chk.label_dtype(targets, "targets")
     if targets.dtype.is_floating_point:
         if targets.dim() != 2 or targets.shape[0] != B:
             raise ValueError(f"soft targets must be (B, N) with B = {B}, got shape "

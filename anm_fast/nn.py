@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from . import _checks as chk
 from .config import ANMConfig
 from .masked import MaskedOutput, masked_forward, probe_feature_layer, unwrap_model
 
@@ -113,10 +115,14 @@ class ReconstructionDecoder(nn.Module):
 
 
 def _image_shape(image_size, in_channels: Optional[int]) -> Tuple[int, int, int]:
-    if isinstance(image_size, int):
-        dims = (image_size, image_size)
+    if in_channels is not None:
+        in_channels = chk.positive_int(in_channels, "in_channels")
+    if isinstance(image_size, numbers.Integral):
+        dims = (chk.positive_int(image_size, "image_size"),) * 2
+    elif isinstance(image_size, (tuple, list, torch.Size)):
+        dims = tuple(chk.positive_int(v, f"image_size[{i}]") for i, v in enumerate(image_size))
     else:
-        dims = tuple(int(v) for v in image_size)
+        raise TypeError(f"image_size must be an int, (H, W) or (C, H, W), got {image_size!r}")
     if len(dims) == 3:
         if in_channels is not None and in_channels != dims[0]:
             raise ValueError(f"image_size {dims} has {dims[0]} channels but in_channels="
@@ -147,8 +153,8 @@ class ANM(nn.Module):
         super().__init__()
         self.model = model
         self.config = ANMConfig() if config is None else config
-        self.recon_weight = float(recon_weight)
-        self.num_classes = int(num_classes)
+        self.recon_weight = chk.number(recon_weight, "recon_weight")
+        self.num_classes = chk.positive_int(num_classes, "num_classes")
         self.image_shape = _image_shape(image_size, in_channels)
         name, feature_shape = self._probe(feature_layer)
         self.feature_layer = name

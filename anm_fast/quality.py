@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 from typing import Optional
 
 import torch
 
+from . import _checks as chk
 from .losses import soft_cross_entropy
 
 __all__ = ["per_sample_losses", "normalize_losses", "gmm_clean_posterior", "LossHistory"]
@@ -31,6 +33,23 @@ def _unpack(batch):
         raise ValueError("the loader must yield (x, y) or (x, y, index) batches, got "
                          f"{type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}")
     return (batch[0], batch[1], batch[2] if len(batch) == 3 else None)
+
+
+def _checked_targets(y, logits: torch.Tensor) -> torch.Tensor:
+    """A batch's labels: class indices in [0, N) or soft targets on the simplex (N = the
+    logits' width); anything else would give NaN or negative losses, not an error."""
+    y = chk.tensor(y, "the loader's targets")
+    chk.label_dtype(y, "the loader's targets")
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return (B, N) logits, got shape {tuple(logits.shape)}")
+    if y.dtype.is_floating_point:
+        if y.shape != logits.shape:
+            raise ValueError(f"soft targets must have the logits' shape {tuple(logits.shape)}, "
+                             f"got {tuple(y.shape)}")
+        chk.check_values(soft_targets=y)
+    else:
+        chk.check_values(labels=y, num_classes=logits.shape[1])
+    return y
 
 
 @torch.no_grad()
@@ -56,6 +75,7 @@ def per_sample_losses(model: torch.nn.Module, loader, device=None,
         for batch in loader:
             x, y, idx = _unpack(batch)
             logits = model(x.to(device, non_blocking=True))
+            y = _checked_targets(y, logits)
             loss = soft_cross_entropy(logits, y.to(device, non_blocking=True), reduction="none")
             chunks.append(loss.float())
             if idx is not None:
@@ -95,6 +115,23 @@ def normalize_losses(losses: torch.Tensor) -> torch.Tensor:
     if float(span) <= 0.0:
         return torch.zeros_like(losses)
     return (losses - lo) / span
+
+
+def _finite_extremes(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Infinite losses (a label of probability 0 gives +inf cross-entropy) rank beyond every
+    finite one: before min-max normalisation they take the largest / smallest finite value, i.e.
+    1 / 0 after it. Values meant to be normalised already (normalize=False) must be finite."""
+    inf = torch.isinf(x)
+    if not bool(inf.any()):
+        return x
+    if not normalize:
+        raise ValueError(f"losses contain {int(inf.sum())} infinite values (e.g. index "
+                         f"{int(inf.nonzero()[0])}); with normalize=False they must be finite "
+                         f"values in [0, 1]")
+    finite = x[~inf]
+    if not finite.numel():
+        raise ValueError("losses are all infinite: no finite loss to rank them against")
+    return x.clamp(float(finite.min()), float(finite.max()))
 
 
 def _kmeans_1d(x: torch.Tensor, max_iter: int = 300) -> torch.Tensor:
@@ -149,10 +186,15 @@ def gmm_clean_posterior(losses: torch.Tensor, *, max_iter: int = 10, tol: float 
         raise ValueError(f"need at least 2 losses to fit a two-component mixture, got {x.numel()}")
     if bool(torch.isnan(x).any()):
         raise ValueError("losses contain NaN (samples the loss pass never visited?)")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    tol = chk.number(tol, "tol")
+    # a component on identical values has variance reg_covar: 0 gives log(0) and NaN
+    if (isinstance(reg_covar, bool) or not isinstance(reg_covar, numbers.Real)
+            or not math.isfinite(reg_covar) or reg_covar <= 0):
+        raise ValueError(f"reg_covar must be a finite number > 0, got {reg_covar!r}")
     dtype = torch.float32 if x.device.type == "mps" else torch.float64
-    x = x.to(dtype)
+    x = _finite_extremes(x.to(dtype), normalize)
     if normalize:
         x = normalize_losses(x)
     if float(x.max() - x.min()) <= 0.0:
