@@ -1,9 +1,11 @@
 """Fault safety of anm-train: SIGKILL at random moments (some inside a checkpoint write), a
 damaged latest checkpoint, and SIGTERM; every resumed run must end bit-identical (CPU, one
 thread, fixed seed) to an uninterrupted one."""
+import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,3 +195,128 @@ def test_sigterm_stops_cleanly_and_resumes_identically(tmp_path, reference):
     assert proc.returncode == 0, err
     state = ckpt.load_latest(run_dir)
     assert_same_state(reference["method"], state["method"])
+
+
+def _flip_exponent_bit_in_a_weight(path):
+    """Flip one exponent bit of a float32 weight inside checkpoint.pt (found by its bytes)."""
+    state = ckpt.load_file(path)
+    weights = [t for t in state["method"]["nets"][0].values()
+               if t.dtype == torch.float32 and t.numel() >= 16]
+    data = bytearray(open(path, "rb").read())
+    at = data.find(weights[0].numpy().tobytes())
+    assert at >= 0
+    data[at + 3] ^= 0x40  # the top exponent bit of the first float (little-endian)
+    open(path, "wb").write(bytes(data))
+
+
+def test_bit_flip_in_a_tensor_without_sidecar_is_detected(tmp_path, reference):
+    """The checkpoint proves its own integrity: no sidecar needed to detect a flipped bit."""
+    run = str(tmp_path / "run")
+    _run_partly(run, 3)
+    run_dir = os.path.join(run, "anm", "seed0")
+    cur = os.path.join(run_dir, ckpt.CHECKPOINT)
+    for name in os.listdir(run_dir):
+        if name.endswith(ckpt.SUFFIX):
+            os.unlink(os.path.join(run_dir, name))
+    assert ckpt.load_file(cur)["epoch"] == 3  # whole files pass on their own checksum
+    _flip_exponent_bit_in_a_weight(cur)
+    assert ckpt.load_file(cur) is None
+    assert ckpt.load_latest(run_dir, quiet=True)["epoch"] == 2
+    assert main(["--resume", run, "--no-progress", "--no-plots"]) == 0
+    state = ckpt.load_latest(run_dir)
+    assert state["epoch"] == EPOCHS
+    assert_same_state(reference["method"], state["method"])
+
+
+def _run_partly_with(run, epochs_done, flags):
+    s, _, _ = settings_from(build_parser().parse_args(ARGS + flags))
+    os.makedirs(run)
+    _save_settings(s, run)
+    run_loop(s, run, stop_after=epochs_done)
+
+
+def _error_line(err):
+    """The one error line of anm-train's stderr, after any progress lines; no traceback."""
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines and lines[-1].startswith("anm-train: error: "), err
+    assert sum(line.startswith("anm-train: error") for line in lines) == 1, err
+    return lines[-1]
+
+
+@pytest.mark.parametrize("flags, difference", [
+    (["--seed", "1"], "seed 1, not 0"),
+    (["--noise-rate", "0.2"], "noise_rate 0.2, not 0.5"),
+    (["--width", "16"], "width 16, not 8"),
+    (["--set", "train_subset=150"], "train_samples 150, not 200"),
+])
+def test_checkpoint_of_another_run_is_refused(tmp_path, capsys, flags, difference):
+    run, other = str(tmp_path / "run"), str(tmp_path / "other")
+    _run_partly(run, 1)
+    _run_partly_with(other, 2, flags)
+    run_dir = os.path.join(run, "anm", "seed0")
+    for name in (ckpt.CHECKPOINT, ckpt.CHECKPOINT + ckpt.SUFFIX, ckpt.PREVIOUS,
+                 ckpt.PREVIOUS + ckpt.SUFFIX):
+        (theirs,) = os.listdir(os.path.join(other, "anm"))  # seed0, or seed1 for --seed 1
+        shutil.copyfile(os.path.join(other, "anm", theirs, name), os.path.join(run_dir, name))
+    capsys.readouterr()
+    assert main(["--resume", run, "--no-progress", "--no-plots"]) == 2
+    err = _error_line(capsys.readouterr().err)
+    assert "belongs to another run" in err and difference in err, err
+    rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == [0]  # nothing was appended
+
+
+def test_torn_metrics_row_of_a_checkpointed_epoch_is_rebuilt(tmp_path, reference):
+    run = str(tmp_path / "run")
+    _run_partly(run, 3)
+    run_dir = os.path.join(run, "anm", "seed0")
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    text = open(metrics).read()
+    lost = json.loads(text.splitlines()[2])
+    open(metrics, "w").write(text[: text.rindex("\n", 0, len(text) - 1) + 1] + '{"epoch": 2, "te')
+    assert main(["--resume", run, "--no-progress", "--no-plots"]) == 0
+    rows = [json.loads(l) for l in open(metrics)]
+    assert [r["epoch"] for r in rows] == list(range(EPOCHS))
+    assert rows[2] == lost
+    ref_rows = reference["metrics"]
+    assert [r["test_acc"] for r in rows] == [r["test_acc"] for r in ref_rows]
+    assert json.load(open(os.path.join(run_dir, "result.json")))["epochs"] == EPOCHS
+
+
+def _one_line_error(capsys, argv, fragment):
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert fragment in _error_line(capsys.readouterr().err)
+
+
+def test_file_system_faults_are_one_line_errors(tmp_path, capsys, monkeypatch, reference):
+    run = str(tmp_path / "run")
+    _run_partly(run, 2)
+    run_dir = os.path.join(run, "anm", "seed0")
+    resume = ["--resume", run, "--no-progress", "--no-plots"]
+    # a damaged noise-label cache
+    cache = os.path.join(run, "noise", "seed0.npz")
+    good_cache = open(cache, "rb").read()
+    open(cache, "wb").write(good_cache[:50])
+    _one_line_error(capsys, resume, "noisy-label cache is damaged")
+    open(cache, "wb").write(good_cache)
+    # checkpoint.pt replaced by a folder
+    cur = os.path.join(run_dir, ckpt.CHECKPOINT)
+    os.rename(cur, cur + ".away")
+    os.mkdir(cur)
+    _one_line_error(capsys, resume, f"{cur} is a folder, not a checkpoint file")
+    os.rmdir(cur)
+    os.rename(cur + ".away", cur)
+    # a full disk and a read-only folder while the next checkpoint is written
+    real_write = ckpt._write_file
+    for err_no, text in ((errno.ENOSPC, "No space left on device"),
+                         (errno.EROFS, "Read-only file system")):
+        def failing_write(folder, prefix, data, *, slow=False, err_no=err_no, text=text):
+            raise OSError(err_no, text, os.path.join(folder, prefix))
+
+        monkeypatch.setattr(ckpt, "_write_file", failing_write)
+        _one_line_error(capsys, resume, text)
+    monkeypatch.setattr(ckpt, "_write_file", real_write)
+    assert ckpt.load_latest(run_dir)["epoch"] == 2  # nothing lost
+    assert main(resume) == 0  # and after "freeing space" the run ends as if never stopped
+    assert_same_state(reference["method"], ckpt.load_latest(run_dir)["method"])

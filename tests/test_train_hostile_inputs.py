@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -124,6 +125,19 @@ def test_missing_and_folder_label_paths(tmp_path):
     for p in (str(tmp_path / "nope.npy"), str(tmp_path), "", None):
         with pytest.raises(FileNotFoundError, match="noisy label file not found"):
             D.load_label_file(p, None, n=N, num_classes=C)
+
+
+def test_special_files_say_what_they_are(tmp_path):
+    """A FIFO would block a reader forever and /dev/zero never ends: refused before reading."""
+    fifo = tmp_path / "l.txt"
+    os.mkfifo(fifo)
+    zero = tmp_path / "l.npy"
+    zero.symlink_to("/dev/zero")
+    for path, kind in ((fifo, "a FIFO (named pipe)"), (zero, "a character device")):
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {kind}, not a label file")):
+            D.load_label_file(str(path), None, n=N, num_classes=C)
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        D.load_label_file(str(tmp_path), None, n=N, num_classes=C)
 
 
 def test_good_files_in_every_format_give_the_same_labels(tmp_path):

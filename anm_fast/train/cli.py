@@ -9,6 +9,7 @@ per-method tables, e.g.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -16,16 +17,17 @@ import time
 from typing import Dict, List, Optional
 
 from . import distributed as dist
-from . import preempt
-from .checkpoint import CheckpointError
+from . import ownership, preempt
 from ..models import MODELS, check_model_name
 from .data import DATASETS
-from .loop import LABEL_ISSUES, Settings, free_folder, resolve_preset, resolved_hp, run
+from .errors import EXPECTED_ERRORS, one_line
+from .loop import LABEL_ISSUES, Settings, resolved_hp, run
 from .methods import METHODS
 from .noise import SYNTHETIC, parse_noise
 from .presets import COMMON, PRESETS, anm_config
 from .recipes import RECIPES, recipe_hp
 from .reporting import table
+from .settings_check import check_settings
 
 DEFAULT_METHOD = "dividemix-anm"
 
@@ -143,9 +145,20 @@ def load_config(path: str) -> Dict:
         except ImportError:  # Python < 3.11
             import tomli as tomllib
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            try:
+                return tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: not valid TOML ({e})") from None
+    return _read_json(path)
+
+
+def _read_json(path: str):
+    """A JSON file's content; ValueError naming the file when it is damaged."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def _norm(key: str) -> str:
@@ -252,8 +265,10 @@ def _load_settings(run_dir: str) -> Settings:
     path = os.path.join(run_dir, "run_config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume {run_dir}: no run_config.json there (not a run folder)")
-    with open(path) as f:
-        saved = json.load(f)
+    saved = _read_json(path)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not the settings of an anm-train run (a JSON "
+                         f"{type(saved).__name__}, not an object)")
     names = {f.name for f in dataclasses.fields(Settings)}
     return Settings(**{k: v for k, v in saved.items() if k in names})
 
@@ -273,6 +288,7 @@ def _print_settings(s: Settings, resolved: Dict, out: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.program = argv is None  # anm-train itself, not a call from Python
     try:
         dist.init(args.device)  # torchrun: join the process group (no-op otherwise)
     except (ValueError, RuntimeError) as e:
@@ -286,54 +302,59 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     main_rank = dist.is_main()
-    try:
-        if args.resume:
-            s = _load_settings(args.resume)
-            out = args.resume
-            # a resumed run keeps its settings; only the length and the output may change
-            if args.epochs is not None:
-                s.hp["epochs"] = args.epochs
-            if args.device is not None:
-                s.device = args.device
-            s.progress, s.plots = not args.no_progress, not args.no_plots
-            resolved = resolved_hp(s)
+    out = args.resume
+    # Signals are handled from here to the process's exit (argv None: anm-train itself), so a
+    # second SIGTERM while stopping cannot kill the process before its message and exit code.
+    with preempt.handle_signals(ignore_after_stop=args.program):
+        try:
+            with contextlib.ExitStack() as owned:
+                if args.resume:
+                    s = _load_settings(args.resume)
+                    # a resumed run keeps its settings; only the length and the output may change
+                    if args.epochs is not None:
+                        s.hp["epochs"] = args.epochs
+                    if args.device is not None:
+                        s.device = args.device
+                    s.progress, s.plots = not args.no_progress, not args.no_plots
+                    check_settings(s)
+                    resolved = resolved_hp(s)
+                    if main_rank:
+                        owned.enter_context(ownership.own(out))  # before anything is written
+                        _save_settings(s, out, resolved)  # the new length is the run's from now on
+                        _print_settings(s, resolved, out)
+                else:
+                    s, out, _ = settings_from(args)
+                    check_settings(s)  # names the preset too; before any folder or data
+                    if args.print_config:
+                        if main_rank:
+                            print(json.dumps(resolved_config(s, args.recipe), indent=2))
+                        return 0
+                    resolved = resolved_hp(s)
+                    if out is None:
+                        what = (("compare-" + "-".join(s.methods)) if len(s.methods) > 1
+                                else s.methods[0])
+                        noise = s.noise.replace(":", "-") + (
+                            f"{s.noise_rate:g}" if parse_noise(s.noise)[0] in SYNTHETIC else "")
+                        out = os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-"
+                                                   f"{s.dataset}-{noise}-{what}")
+                    if main_rank:
+                        free = owned.enter_context(ownership.claim_new(out))
+                        if free != out:
+                            print(f"{out} exists: writing to {free} instead", file=sys.stderr)
+                        out = free
+                        _save_settings(s, out, resolved)
+                        _print_settings(s, resolved, out)
+                    out = dist.broadcast_object(out)  # one folder for all ranks, chosen by rank 0
+                result = run(s, out)
+        except preempt.Preempted as e:
             if main_rank:
-                _save_settings(s, out, resolved)  # the new length is the run's from now on
-                _print_settings(s, resolved, out)
-        else:
-            s, out, _ = settings_from(args)
-            resolve_preset(s)
-            if args.print_config:
-                if main_rank:
-                    print(json.dumps(resolved_config(s, args.recipe), indent=2))
-                return 0
-            resolved = resolved_hp(s)
-            if out is None:
-                what = ("compare-" + "-".join(s.methods)) if len(s.methods) > 1 else s.methods[0]
-                noise = s.noise.replace(":", "-") + (
-                    f"{s.noise_rate:g}" if parse_noise(s.noise)[0] in SYNTHETIC else "")
-                out = os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{s.dataset}-"
-                                           f"{noise}-{what}")
-            if main_rank:
-                free = free_folder(out)
-                if free != out:
-                    print(f"{out} exists: writing to {free} instead", file=sys.stderr)
-                out = free
-                os.makedirs(out, exist_ok=True)
-                _save_settings(s, out, resolved)
-                _print_settings(s, resolved, out)
-            out = dist.broadcast_object(out)  # one folder for all ranks, chosen by rank 0
-        with preempt.handle_signals():
-            result = run(s, out)
-    except preempt.Preempted as e:
-        if main_rank:
-            print(f"\nanm-train: {e} received: stopped at a step boundary. The last completed "
-                  f"epoch's checkpoint is in {os.path.abspath(out)}; continue with\n"
-                  f"  anm-train --resume {out}", file=sys.stderr)
-        return 128 + e.signum
-    except (ValueError, FileNotFoundError, ImportError, CheckpointError) as e:
-        print(f"anm-train: error: {e}", file=sys.stderr)
-        return 2
+                print(f"\nanm-train: {e} received: stopped at a step boundary. The last "
+                      f"completed epoch's checkpoint is in {os.path.abspath(out)}; continue "
+                      f"with\n  anm-train --resume {out}", file=sys.stderr)
+            return 128 + e.signum
+        except EXPECTED_ERRORS as e:
+            print(f"anm-train: error: {one_line(e)}", file=sys.stderr)
+            return 2
     if main_rank:
         _print_summary(result, out)
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 import warnings
 import zipfile
 from typing import Dict, List, Optional, Sequence
@@ -34,14 +35,29 @@ PATH_COLUMNS = ("path", "file", "filename", "image")
 LABEL_COLUMNS = ("label", "class", "noisy_label", "target", "y")
 
 
+def _file_kind(path: str) -> str:
+    mode = os.stat(path).st_mode
+    for test, kind in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
 def load_label_file(path: str, key: Optional[str], *, n: int, num_classes: int,
                     train_files: Optional[Sequence[str]] = None,
                     class_names: Optional[Sequence[str]] = None, trust: bool = False) -> np.ndarray:
     """The (n,) int64 labels of a label list in one of the forms above, checked: length n, every
     label in [0, num_classes). train_files: the training images' paths relative to train/ (image
     folders; needed for lists keyed by path). class_names: accept names as labels."""
-    if not path or not os.path.isfile(path):
+    if not path or not os.path.exists(path):
         raise FileNotFoundError(f"noisy label file not found: {path!r}")
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"noisy label file not found: {path!r} is a folder")
+    if not os.path.isfile(path):
+        # reading a FIFO would wait forever, a device like /dev/zero never ends
+        raise ValueError(f"{path}: a {_file_kind(path)}, not a label file (expected a regular "
+                         f"file)")
     parser = _Labels(path, num_classes, class_names)
     try:
         labels = _read(path, key, train_files, trust, parser)

@@ -185,8 +185,9 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
     if gpu and hp.get("compile"):
         for net in method.nets():
             net.compile()
-    start = 0
-    state = ckpt.load_latest(run_dir, quiet=not dist.is_main())
+    start, saved_rows = 0, None
+    identity = ckpt.run_identity(s, method_name, seed, hp, data)
+    state = ckpt.load_latest(run_dir, quiet=not dist.is_main(), identity=identity)
     if state is not None:
         if state["method_name"] != method_name:
             raise ValueError(f"{ckpt_path} belongs to method {state['method_name']!r}")
@@ -196,13 +197,13 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
         if hasattr(method, "probs"):  # DivideMix's co-divide posteriors
             method.probs = [p.to(device) if p is not None else None for p in method.probs]
         ckpt.set_rng_state(state["rng"])
-        start = int(state["epoch"])
+        start, saved_rows = int(state["epoch"]), state.get("metrics")
     main = dist.is_main()
     if state is not None and main:
         print(f"[{method_name} seed {seed}] resuming at epoch {start + 1} of {hp['epochs']} "
               f"from {ckpt_path}", file=sys.stderr)
-    log = reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), resume_epoch=start) \
-        if main else None
+    log = reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), resume_epoch=start,
+                               saved_rows=saved_rows) if main else None
     truth = truth_known(s, data)
     is_clean = labels.noisy == data.y_train
     epochs = int(hp["epochs"])
@@ -238,7 +239,8 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
             print(f"[{method_name} seed {seed}] epoch {epoch + 1}/{epochs}  test acc "
                   f"{shown}{extra}  ({row['seconds']:.1f}s)", file=sys.stderr)
         state = {"epoch": epoch + 1, "method_name": method_name, "seed": seed, "hp": _plain(hp),
-                 "method": method.state_dict(), "rng": ckpt.rng_state()}
+                 "method": method.state_dict(), "rng": ckpt.rng_state(), "identity": identity,
+                 "metrics": log.rows() if main else []}  # metrics: rebuilds a torn log
         if on_checkpoint is not None:
             on_checkpoint(epoch + 1)
         if main:
@@ -319,17 +321,6 @@ def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: 
 
 def _plain(hp: Dict) -> Dict:
     return {k: v for k, v in hp.items() if isinstance(v, (int, float, str, bool, type(None)))}
-
-
-def free_folder(path: str) -> str:
-    """`path` if it does not exist (or is empty), else the first free `path-2`, `path-3`, ...:
-    an existing run folder is never overwritten."""
-    if not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path)):
-        return path
-    k = 2
-    while os.path.exists(f"{path}-{k}"):
-        k += 1
-    return f"{path}-{k}"
 
 
 def run(s: Settings, out: str, *, stop_after: Optional[int] = None,

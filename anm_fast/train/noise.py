@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -196,10 +197,16 @@ def save_cached(path: str, labels: NoisyLabels, meta: dict) -> None:
 def load_cached(path: str, meta: dict) -> Optional[NoisyLabels]:
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as f:
-        if json.loads(str(f["meta"])) != json.loads(json.dumps(meta, sort_keys=True)):
-            raise ValueError(f"{path} holds noisy labels for other settings ({str(f['meta'])}); "
-                             f"use a new run folder")
-        rate = float(f["realised_rate"])
-        return NoisyLabels(f["noisy"].astype(np.int64), None if np.isnan(rate) else rate,
-                           str(f["description"]))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            saved = json.loads(str(f["meta"]))
+            rate = float(f["realised_rate"])
+            labels = NoisyLabels(f["noisy"].astype(np.int64), None if np.isnan(rate) else rate,
+                                 str(f["description"]))
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: the run's noisy-label cache is damaged ({type(e).__name__}: "
+                         f"{e}); move it away to draw the labels again from the seed") from None
+    if saved != json.loads(json.dumps(meta, sort_keys=True)):
+        raise ValueError(f"{path} holds noisy labels for other settings "
+                         f"({json.dumps(saved, sort_keys=True)}); use a new run folder")
+    return labels

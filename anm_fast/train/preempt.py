@@ -33,8 +33,13 @@ def _handler(signum, frame):
 
 
 @contextlib.contextmanager
-def handle_signals():
-    """Install the handlers for the duration of a run (main thread only; restored after)."""
+def handle_signals(ignore_after_stop: bool = False):
+    """Install the handlers for the duration of a run (main thread only; restored after).
+
+    ignore_after_stop: for the process's own entry point. Once a signal has stopped the run,
+    further SIGTERM / SIGINT are ignored instead of restoring the default action, which would
+    let a second SIGTERM (schedulers often send several) kill the process during its shutdown,
+    after the message but before the exit status 128 + signal."""
     global _signal
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -44,8 +49,9 @@ def handle_signals():
     try:
         yield
     finally:
+        stopped = _signal is not None
         for s, h in old.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if stopped and ignore_after_stop else h)
         _signal = None
 
 

@@ -35,28 +35,37 @@ def roc_auc(is_clean: np.ndarray, score: np.ndarray) -> float:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON line per epoch. On resume, lines past the checkpoint's epoch (an
-    epoch that ran but was not checkpointed) are dropped, so the log matches the resumed run."""
+    """metrics.jsonl: one JSON line per epoch, fsynced (a power cut after an epoch's checkpoint
+    must not lose its row). On resume, lines past the checkpoint's epoch (an epoch that ran but
+    was not checkpointed) are dropped, so the log matches the resumed run, and rows missing for
+    checkpointed epochs (a torn or lost line) are restored from `saved_rows`, the rows the
+    checkpoint holds."""
 
-    def __init__(self, path: str, resume_epoch: int = 0):
+    def __init__(self, path: str, resume_epoch: int = 0, saved_rows: Optional[List[Dict]] = None):
         self.path = path
-        if os.path.exists(path):
-            keep = []
-            with open(path) as f:
-                for line in f:
-                    row = _row(line)
-                    if row is not None and row.get("epoch", 0) < resume_epoch:
-                        keep.append(json.dumps(row) + "\n")
+        if os.path.exists(path) or saved_rows:
+            rows = {}
+            for row in saved_rows or ():
+                rows[row["epoch"]] = row
+            if os.path.exists(path):
+                with open(path) as f:
+                    for row in map(_row, f):
+                        if row is not None:
+                            rows[row.get("epoch", 0)] = row
+            keep = [json.dumps(rows[e]) + "\n" for e in sorted(rows) if e < resume_epoch]
             # rewritten via a temp file: a kill here must not lose the rows already logged
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(keep)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
 
     def write(self, row: Dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(defined(row), allow_nan=False) + "\n")
             f.flush()
+            os.fsync(f.fileno())
 
     def rows(self) -> List[Dict]:
         if not os.path.exists(self.path):
