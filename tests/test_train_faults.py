@@ -1,6 +1,8 @@
 """Fault safety of anm-train: SIGKILL at random moments (some inside a checkpoint write), a
-damaged latest checkpoint, and SIGTERM; every resumed run must end bit-identical (CPU, one
-thread, fixed seed) to an uninterrupted one."""
+damaged latest checkpoint (also without its sidecar), and SIGTERM; every resumed run must end
+bit-identical (CPU, one thread, fixed seed) to an uninterrupted one. Checkpoints of another run,
+a torn metrics row, a damaged noise cache, a folder in place of the checkpoint, a full disk and a
+read-only file system: one-line errors or an exact rebuild, nothing lost."""
 import errno
 import json
 import os
