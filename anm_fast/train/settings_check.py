@@ -93,7 +93,7 @@ def check_device(name) -> None:
 
 def check_settings(s) -> None:
     """Every setting of `s` (a loop.Settings) that could not train, as a ValueError."""
-    from .loop import resolved_hp
+    from .loop import resolve_preset, resolved_hp
 
     rate = s.noise_rate
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate <= 1.0:
@@ -101,6 +101,7 @@ def check_settings(s) -> None:
     if not s.seeds:
         raise ValueError("--seeds must be >= 1")
     parse_noise(s.noise)
-    check_device(s.device)
+    check_device(s.device)  # (the preset is chosen by device)
+    resolve_preset(s)
     for hp in resolved_hp(s).values():
         check_hp(hp)
