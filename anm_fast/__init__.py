@@ -18,7 +18,7 @@ __all__ = [
 
 # The user-facing training API (issue 4): masked_forward and its modules.
 from .masked import MaskedOutput, find_feature_layer, masked_forward
-from . import losses, models, nn, quality
+from . import label_issues, losses, models, nn, quality
 
-__all__ += ["MaskedOutput", "find_feature_layer", "masked_forward", "losses", "models", "nn",
-            "quality"]
+__all__ += ["MaskedOutput", "find_feature_layer", "masked_forward", "label_issues", "losses",
+            "models", "nn", "quality"]

@@ -96,3 +96,13 @@ def test_named_preset_and_timm_model(tmp_path, capsys):
     assert "preset small-images-cpu: chosen with --preset" in capsys.readouterr().err
     assert json.loads((out / "run_config.json").read_text())["resolved"]["ce"]["model"] == \
         "timm:resnet10t"
+
+
+def test_collapse_after_warmup_is_reported_once(capsys):
+    from anm_fast.train.loop import _collapse_warning
+
+    best, warned = 0.0, False
+    for epoch, acc in enumerate([0.6, 0.8, 0.12, 0.11]):
+        best, warned = _collapse_warning("anm", 0, epoch, acc, best, {"warmup": 2}, 10, warned)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "fell from 80.0% to 12.0%" in err and "--lr" in err

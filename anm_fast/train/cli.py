@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--" + name.replace("_", "-"), dest=name,
                        action=argparse.BooleanOptionalAction, default=None, help=text)
     o = p.add_argument_group("output")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar / epoch lines")
+    o.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars are drawn only on a terminal; the one-line epoch "
+                        "summaries are always printed)")
     o.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     return p
 

@@ -207,11 +207,14 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
     truth = truth_known(s, data)
     is_clean = labels.noisy == data.y_train
     epochs = int(hp["epochs"])
+    best_acc = max([r["test_acc"] for r in log.rows() if r.get("test_acc") is not None] or [0.0]) \
+        if main else 0.0
+    warned = False
     for epoch in range(start, epochs):
         t0 = time.time()
         bar = None
         method.begin_epoch(epoch)
-        if s.progress and main:
+        if s.progress and main and sys.stderr.isatty():  # a bar in a redirected log is noise
             from tqdm.auto import tqdm
 
             bar = tqdm(total=method.iterations(epoch), leave=False, file=sys.stderr,
@@ -233,7 +236,9 @@ def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_
         row.update({k: float(v) for k, v in stats.items()})
         if main:
             log.write(row)
-        if s.progress and main:
+        if main:
+            best_acc, warned = _collapse_warning(method_name, seed, epoch, acc, best_acc, hp,
+                                                 data.num_classes, warned)
             extra = f"  quality AUC {row['quality_auc']:.3f}" if "quality_auc" in row else ""
             shown = "-" if acc is None else f"{100 * acc:.2f}%"
             print(f"[{method_name} seed {seed}] epoch {epoch + 1}/{epochs}  test acc "
@@ -317,6 +322,22 @@ def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: 
     names = [f"y={int(labels_t[i])} q={float(qb[i]):.2f}" for i in range(len(idx))]
     reporting.plot_gallery(x.cpu(), energy.cpu(), mb.box_max.cpu(), mb.box_min.cpu(), names, path,
                            mean=data.mean, std=data.std)
+
+
+def _collapse_warning(method_name, seed, epoch, acc, best, hp, num_classes, warned):
+    """Warn (once) when test accuracy falls to near chance after the warm-up although it was well
+    above (a run that collapsed onto a few classes); returns (best accuracy so far, warned)."""
+    if acc is None:
+        return best, warned
+    chance = 1.0 / num_classes
+    if not warned and epoch >= int(hp.get("warmup", 0)) and best >= 2 * chance and \
+            acc < min(0.5 * best, 2 * chance):
+        warned = True
+        print(f"warning: [{method_name} seed {seed}] test accuracy fell from {100 * best:.1f}% "
+              f"to {100 * acc:.1f}% (chance {100 * chance:.1f}%) after the warm-up: the model "
+              f"collapsed onto few classes. Try a lower --lr, a longer --warmup, "
+              f"--method dividemix-anm, or --method ce to check the data", file=sys.stderr)
+    return max(best, acc), warned
 
 
 def _plain(hp: Dict) -> Dict:
