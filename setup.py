@@ -3,6 +3,8 @@
 Switches (environment variables):
   ANM_FAST_SKIP_CUDA=1     build the CPU kernels only, even with a CUDA toolkit present.
   ANM_FAST_FORCE_CUDA=1    fail instead of building the CPU kernels only when CUDA cannot be built.
+  ANM_FAST_SKIP_EMULATION=1  do not build anm_fast._C_emulated (the CUDA kernels compiled by the
+                           host compiler for the CUDA emulation that the tests run; no toolkit needed).
   CUDA_HOME / CUDA_PATH    the toolkit to use (else the one `nvcc` on the PATH belongs to, else
                            /usr/local/cuda).
   TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0+PTX" when no GPU is visible).
@@ -119,7 +121,16 @@ def _default_jobs():
     os.environ["MAX_JOBS"] = str(cores)
 
 
+def emulation_extension():
+    """anm_fast._C_emulated: csrc/cuda's kernels compiled by the host compiler against
+    csrc/emulation/cuda_emulation.h, run on CPU tensors by the tests (marker cuda_emulated)."""
+    return cpp_extension.CppExtension(
+        "anm_fast._C_emulated", sorted(glob.glob("csrc/emulation/*.cpp")),
+        extra_compile_args={"cxx": ["-O1", "-ffp-contract=off"]})
+
+
 def extensions():
+    emulated = [] if _flag("ANM_FAST_SKIP_EMULATION") else [emulation_extension()]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     cxx = ["-O3", "-ffp-contract=off"]  # the C++ standard is the one torch asks for
@@ -135,7 +146,7 @@ def extensions():
             raise RuntimeError(f"ANM_FAST_FORCE_CUDA=1 but the CUDA kernels cannot be built: {why_not}")
         print(f"anm_fast: building the CPU kernels only ({why_not})")
         return [cpp_extension.CppExtension("anm_fast._C", sources, extra_link_args=link,
-                                           extra_compile_args={"cxx": cxx})]
+                                           extra_compile_args={"cxx": cxx})] + emulated
     home, libdir = plan
     # torch's build helpers read the toolkit from this module global, for nvcc and lib64 alike
     cpp_extension.CUDA_HOME = home
@@ -147,7 +158,7 @@ def extensions():
         "anm_fast._C", sources + cuda_sources, define_macros=[("ANM_FAST_WITH_CUDA", "1")],
         library_dirs=[libdir], extra_link_args=link,
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--fmad=false", "-lineinfo"]},
-    )]
+    )] + emulated
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 # built with its CUDA sources: `CUDA_HOME=/usr/local/cuda pip install --no-build-isolation -e .`).
 #   bench/sanitize_cuda.sh                 # memcheck, racecheck, synccheck, initcheck
 #   TOOLS="memcheck racecheck" bench/sanitize_cuda.sh
+#   KERNEL_REGEX='anm_fast|_kernel' bench/sanitize_cuda.sh   # instrument only kernels whose
+#                                   # name matches (ours), not every torch kernel the driver runs
 # Exit status: non-zero when any tool reports an error. Logs go to $LOG_DIR (default
 # ./sanitize_logs).
 set -u
@@ -32,6 +34,7 @@ for tool in $TOOLS; do
   esac
   log="$LOG_DIR/$tool.log"
   echo "== compute-sanitizer --tool $tool"
+  if [ -n "${KERNEL_REGEX:-}" ]; then extra+=(--kernel-regex "kns=$KERNEL_REGEX"); fi
   "$SANITIZER" --tool "$tool" "${extra[@]}" --error-exitcode 99 \
       "$PYTHON" bench/sanitize_driver.py >"$log" 2>&1
   rc=$?

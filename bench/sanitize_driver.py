@@ -77,6 +77,25 @@ def main() -> int:
                             torch.randn_like(t_out).t().contiguous().t(), t, bmax, bmin, ratio,
                             gain)
 
+    # The fused op (one kernel): map in shared memory or not, both layouts, every dtype mix of
+    # interest, constant fills in the kernel argument and on the device, host and device seeds.
+    for B, C, H, W, K, h, w in ((1, 3, 32, 32, 8, 4, 4), (5, 3, 17, 29, 6, 3, 5),
+                                (2, 4, 40, 33, 3, 110, 100)):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            x = torch.randn(B, C, H, W, device=dev).to(dtype)
+            fm = torch.randn(B, K, h, w, device=dev).to(dtype)
+            t = torch.softmax(torch.randn(B, 7, device=dev), 1).to(dtype)
+            q = torch.rand(B, device=dev)
+            ids = torch.arange(B, device=dev)
+            for xl, fl in ((x, fm), (x.contiguous(memory_format=torch.channels_last),
+                                     fm.contiguous(memory_format=torch.channels_last))):
+                for seed, uniform, fv in ((torch.tensor(1, device=dev), True, torch.zeros(C)),
+                                          (torch.tensor(2), False, torch.full((C,), 0.5)),
+                                          (torch.tensor(3), False,
+                                           torch.full((C,), 0.5, device=dev))):
+                    ops.anm_mask(xl, fl, t, q, ids, seed, 0.1, 0.02, 0.5, 0.3, 0.5, 1.0, True,
+                                 uniform, fv, 1.0, True)
+
     # The fused path end to end.
     x = torch.randn(16, 3, 32, 32, device=dev)
     fmap = torch.randn(16, 32, 4, 4, device=dev)

@@ -154,6 +154,74 @@ ANM_HD void place_box(int64_t r, int64_t c, int64_t bh, int64_t bw, int64_t H, i
   *x0 = clamp_i64(x, 0, W - bw);
 }
 
+// One sample's boxes and fills: the box shape from the sample's Philox stream, its placement at
+// both peaks, the C fills of each box. The CPU kernels (sample_boxes, the fused anm_mask) and the
+// CUDA kernels (one thread per sample) all call this function, so the sampling exists once.
+// Writes box_max[0..3] and box_min[0..3] as (y0, x0, height, width), the fills of each box
+// (uniform draws, or fill_value[c] when !uniform_fill), and returns the mask ratio s.
+ANM_HD float sample_box_and_fills(int64_t seed, int64_t sample_id, float quality, int64_t H,
+                                  int64_t W, int64_t C, const BoxParams& params,
+                                  const int64_t* peak_max, const int64_t* peak_min,
+                                  bool uniform_fill, const float* fill_value, int64_t* box_max,
+                                  int64_t* box_min, float* fill_max, float* fill_min) {
+  const BoxShape shape = box_shape(seed, sample_id, quality, H, W, params);
+  int64_t* out[2] = {box_max, box_min};
+  const int64_t* peak[2] = {peak_max, peak_min};
+  for (int which = 0; which < 2; ++which) {
+    place_box(peak[which][0], peak[which][1], shape.bh, shape.bw, H, W, params.center_anchor,
+              &out[which][0], &out[which][1]);
+    out[which][2] = shape.bh;
+    out[which][3] = shape.bw;
+  }
+  if (uniform_fill) {
+    // Draw j of 0..2C-1 is word j % 4 of fill block j / 4 (the same bits as fill_draw): each
+    // Philox block is computed once for its four draws.
+    for (int64_t j0 = 0; j0 < 2 * C; j0 += 4) {
+      const Words4 words =
+          sample_stream(seed, sample_id, kFillBlock0 + static_cast<uint32_t>(j0 / 4));
+      for (int64_t j = j0; j < j0 + 4 && j < 2 * C; ++j) {
+        const float u = uniform_f32(words.w[j - j0]);
+        if (j < C) fill_max[j] = u; else fill_min[j - C] = u;
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      fill_max[c] = fill_value[c];
+      fill_min[c] = fill_value[c];
+    }
+  }
+  return static_cast<float>(shape.ratio);
+}
+
+// ------------------------------------------------------------------- energy summation order
+// The one order in which every backend (C++ CPU, CUDA, Triton, the reference) sums the activation
+// energy, so that energies, and with them peaks and boxes, are the same bits everywhere:
+//  * position p's raw energy is sum_k f[k, p]^2 in the accumulator type (float; double for
+//    double maps), ONE sequential chain over the channels k = 0, 1, ..., K - 1 starting from 0
+//    (each square rounded, then added: no fused multiply-add), whatever the memory layout;
+//  * the L2 norm's square sum is sum_p e[p]^2, one sequential chain over the positions in
+//    row-major order p = 0, 1, ..., h * w - 1; norm = max(sqrt(sum), 1e-12), each energy e[p] / norm
+//    rounded to float.
+// Vectorised code may sum several positions (or samples) side by side, never split one chain.
+// A parallel tree over k would be faster on a GPU for small maps with many channels, but its
+// result depends on the tree: a fixed sequential chain is the order every backend can follow.
+template <typename acc_t, typename scalar_t>
+ANM_HD acc_t position_energy(const scalar_t* fp, int64_t K, int64_t sK) {
+  acc_t acc = acc_t(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const acc_t v = static_cast<acc_t>(fp[k * sK]);
+    acc += v * v;
+  }
+  return acc;
+}
+
+template <typename acc_t>
+ANM_HD acc_t energy_square_sum(const acc_t* e, int64_t P) {
+  acc_t sq = acc_t(0);
+  for (int64_t p = 0; p < P; ++p) sq += e[p] * e[p];
+  return sq;
+}
+
 // ------------------------------------------------------------------ bilinear (align_corners=0)
 // Source taps of output index `dst` when resizing `in_size` -> `out_size` with half-pixel centres
 // and edge clamping: PyTorch's interpolate(bilinear, align_corners=False) up to rounding.

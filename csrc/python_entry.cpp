@@ -10,11 +10,14 @@
 // as torch.ops (c10 errors translated by torch's HANDLE_TH_ERRORS).
 #include "python_entry.h"
 
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -81,6 +84,11 @@ PyObject* anm_mask_entry(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
   const bool check_values = bool_arg(args[16], "check_values");
   Out11 out;
   {
+    // Without a gradient to track, the call skips the op's autograd kernel (registered in Python,
+    // anm_fast/_ops.py), which would cost a round trip through Python on every call.
+    const bool track = at::GradMode::is_enabled() && (x.requires_grad() || targets.requires_grad());
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!track) below_autograd.emplace();
     pybind11::gil_scoped_release no_gil;  // as torch's own bindings do around an op
     out = op.call(x, fmap, targets, quality, sample_ids, seed, band, area_lo, area_hi,
                   quality_gain, aspect_lo, area_scale, center_anchor, uniform_fill, fill_value,

@@ -1,7 +1,7 @@
 // Stages 1-3 fused on the CPU: one pass over the batch in which each sample's feature map is
 // reduced to its peaks, its boxes and fills are drawn, and both erased copies of its image are
 // written while that sample's data is still in cache. The per-sample steps are the same functions
-// the separate ops use (peaks_per_sample.h, boxes_per_sample.h, erase_per_sample.h), so the
+// the separate ops use (peaks_per_sample.h, anm_common.h, erase_per_sample.h), so the
 // results are bit-identical to activation_peaks -> sample_boxes -> erase_and_modulate.
 // The value checks of the Python API (quality in [0, 1], a finite energy) are made here too, so
 // a call costs one dispatch and no extra passes.
@@ -16,7 +16,7 @@
 #include <cmath>
 
 #include "../op_checks.h"
-#include "boxes_per_sample.h"
+#include "../anm_common.h"
 #include "erase_per_sample.h"
 #include "peaks_per_sample.h"
 
@@ -91,7 +91,7 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
         if (!cpu::peaks_from_energy(plan, ws.e.data() + (b - b0) * P, ws, a.energy + b * P, pmax,
                                     pmin))
           ++bad;
-        a.ratio[b] = cpu::sample_box_and_fills(a.seed, a.ids[b], a.quality[b], H, W, C, a.params,
+        a.ratio[b] = sample_box_and_fills(a.seed, a.ids[b], a.quality[b], H, W, C, a.params,
                                                pmax, pmin, a.uniform_fill, a.fill_value,
                                                a.box_max + 4 * b, a.box_min + 4 * b,
                                                a.fill_max + b * C, a.fill_min + b * C);

@@ -18,8 +18,8 @@ namespace anm_fast {
 namespace cpu {
 
 // Sum over channels of f^2 for every position of one sample, in accumulator type acc_t.
-// Every path adds the channels to each position in the same order (k = 0, 1, ...), so the
-// energies are the same whichever path runs.
+// Every path adds the channels to each position in anm_common.h's order (one chain k = 0, 1, ...),
+// so the energies are the same whichever path runs, and the same as the other backends'.
 template <typename scalar_t, typename acc_t>
 void sample_energy(const scalar_t* f, int64_t K, int64_t h, int64_t w, int64_t sK, int64_t sH,
                    int64_t sW, acc_t* __restrict__ e) {
@@ -168,8 +168,7 @@ template <typename acc_t>
 bool peaks_from_energy(const PeakPlan& p, const acc_t* e, PeakWorkspace<acc_t>& ws,
                        float* energy, int64_t* peak_max, int64_t* peak_min) {
   const int64_t h = p.h, w = p.w, W = p.W;
-  acc_t sq = 0;
-  for (int64_t i = 0; i < h * w; ++i) sq += e[i] * e[i];
+  const acc_t sq = energy_square_sum(e, h * w);  // anm_common.h: the one summation order
   acc_t norm = std::sqrt(sq);
   if (norm < acc_t(1e-12)) norm = acc_t(1e-12);
   bool finite = true;

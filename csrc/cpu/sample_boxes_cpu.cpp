@@ -1,11 +1,11 @@
 // Stage 2 on the CPU: each sample's box shape, placement and fills from its own Philox stream
-// (boxes_per_sample.h; the math itself is in anm_common.h, shared with the CUDA kernels).
+// (sample_box_and_fills in anm_common.h, the same function the CUDA kernel calls).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "../op_checks.h"
-#include "boxes_per_sample.h"
+#include "../anm_common.h"
 
 namespace anm_fast {
 namespace {
@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
 
   at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      r[b] = cpu::sample_box_and_fills(seed_v, id[b], q[b], H, W, C, params, pmax + 2 * b,
+      r[b] = sample_box_and_fills(seed_v, id[b], q[b], H, W, C, params, pmax + 2 * b,
                                        pmin + 2 * b, uniform_fill, fv, bmax + 4 * b,
                                        bmin + 4 * b, fmax + b * C, fmin + b * C);
     }

@@ -2,6 +2,16 @@
 // argument checks. The per-sample ANM math itself lives in ../anm_common.h (shared with the CPU).
 #pragma once
 
+#if defined(ANM_CUDA_EMULATION)
+// Compiled by the host compiler for the tests (csrc/emulation/cuda_emulation.h): CPU tensors
+// stand in for CUDA tensors, and the kernels register into the anm_fast_emulated library.
+#include <ATen/ATen.h>
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() \
+  do {                                 \
+  } while (0)
+#define ANM_CUDA_LIBRARY anm_fast_emulated
+#define ANM_CUDA_KEY CPU
+#else
 // Only c10/cuda headers: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers, which
 // a bare CUDA toolkit may lack. c10::cuda::getCurrentCUDAStream is the stream that
 // at::cuda::getCurrentCUDAStream returns (the latter is an alias of it).
@@ -11,6 +21,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
+// The library and dispatch key the kernels register for.
+#define ANM_CUDA_LIBRARY anm_fast
+#define ANM_CUDA_KEY CUDA
+// kernel<<<grid, block, smem, stream>>>, spelled so that the emulation can read it too.
+#define ANM_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define ANM_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
 
 #include <climits>
 #include <cstdint>
@@ -107,6 +124,16 @@ __device__ __forceinline__ T block_min(T v, T* buf) {
   return m;
 }
 
+// Constant fills given as a CPU tensor travel as a kernel argument (no host-to-device copy, so
+// nothing to synchronise and nothing a CUDA graph capture would refuse), up to this many channels
+// (2 KiB of the 4 KiB kernel-parameter space). Only more channels than that are copied. A kernel
+// stages them in shared memory: a pointer into the parameter space would make every thread copy
+// the whole argument into its local memory.
+constexpr int kMaxArgFills = 512;
+struct FillArg {
+  float v[kMaxArgFills];
+};
+
 // VEC elements loaded / stored as one aligned access.
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) AlignedVec {
@@ -117,6 +144,17 @@ inline bool aligned_to(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
+#if defined(ANM_CUDA_EMULATION)
+// The emulation has one "multiprocessor": grids are capped at 32 blocks, so the grid-stride loops
+// run more than one round on the test shapes.
+inline int multiprocessor_count() { return 1; }
+inline cudaStream_t current_stream() { return nullptr; }
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Device&) {}
+};
+// Where the kernels' tensors live: the CPU under the emulation.
+inline bool on_kernel_device(const at::Tensor& t) { return t.is_cpu(); }
+#else
 // Blocks for a grid-stride loop over `n` work items: enough to fill the GPU, no more.
 inline int multiprocessor_count() {
   // Cached per device; cudaDeviceGetAttribute neither synchronises nor breaks graph capture.
@@ -132,6 +170,9 @@ inline int multiprocessor_count() {
 }
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline bool on_kernel_device(const at::Tensor& t) { return t.is_cuda(); }
+#endif
 
 inline int64_t grid_for(int64_t n, int threads) {
   const int64_t needed = (n + threads - 1) / threads;

@@ -14,6 +14,7 @@
 #include "../anm_common.h"
 #include "../op_checks.h"
 #include "cuda_utils.cuh"
+#include "label_shift.cuh"
 
 namespace anm_fast {
 namespace cuda {
@@ -23,10 +24,6 @@ using at::cuda::detail::IntDivider;
 
 constexpr int kEraseThreads = 256;
 constexpr int kWarpsPerBlock = 8;  // label kernels: one warp per sample
-
-template <typename scalar_t>
-using opmath_of = typename std::conditional<std::is_same<scalar_t, double>::value, double,
-                                            float>::type;
 
 struct BoxRows {
   int64_t y0, x0, y1, x1;
@@ -129,36 +126,14 @@ __global__ void __launch_bounds__(kEraseThreads) erase_kernel(
   }
 }
 
-// Label shift, one warp per sample: k = first arg-max, d = min(gain * s, t_k), t_k -= d, every
-// other class += d / (N - 1); computed in float (double for double targets) like the CPU.
+// Label shift, one warp per sample (label_shift.cuh: the CPU's steps).
 template <typename scalar_t>
 __global__ void modulate_kernel(const scalar_t* __restrict__ t, int64_t s0, int64_t s1,
                                 int64_t B, int64_t N, const float* __restrict__ ratio,
                                 double label_gain, scalar_t* __restrict__ out) {
-  using opmath_t = opmath_of<scalar_t>;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (b >= B) return;  // uniform over the warp
-  const int lane = threadIdx.x % kWarp;
-  const scalar_t* row = t + b * s0;
-  opmath_t best = opmath_t(0);
-  int64_t k = LLONG_MAX;
-  for (int64_t c = lane; c < N; c += kWarp) {
-    const opmath_t v = static_cast<opmath_t>(row[c * s1]);
-    if (k == LLONG_MAX || v > best) {
-      best = v;
-      k = c;
-    }
-  }
-  warp_arg<true>(best, k);
-  best = __shfl_sync(kFullMask, best, 0);
-  k = __shfl_sync(kFullMask, k, 0);
-  bool clamped;
-  const opmath_t d = label_shift<opmath_t>(best, ratio[b], label_gain, &clamped);
-  const opmath_t share = d / static_cast<opmath_t>(N - 1);
-  for (int64_t c = lane; c < N; c += kWarp) {
-    const opmath_t v = static_cast<opmath_t>(row[c * s1]);
-    out[b * N + c] = static_cast<scalar_t>(c == k ? v - d : v + share);
-  }
+  modulate_row_warp<scalar_t>(t + b * s0, s1, N, ratio[b], label_gain, out + b * N);
 }
 
 // ----------------------------------------------------------------------------------- backward
@@ -283,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cuda(
     const at::Tensor& ratio, double label_gain) {
   check_erase_args(x, targets, box_max, box_min, fill_max, fill_min, ratio);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(x.is_cuda(), "erase_and_modulate (CUDA): x must be a CUDA tensor");
+  TORCH_CHECK(on_kernel_device(x), "erase_and_modulate (CUDA): x must be a CUDA tensor");
   const char* op = "erase_and_modulate";
   check_same_device(op, x, targets, "targets");
   check_same_device(op, x, box_max, "box_max");
@@ -291,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cuda(
   check_same_device(op, x, fill_max, "fill_max");
   check_same_device(op, x, fill_min, "fill_min");
   check_same_device(op, x, ratio, "ratio");
-  c10::cuda::CUDAGuard guard(x.device());
+  DeviceGuard guard(x.device());
   const cudaStream_t stream = current_stream();
 
   const at::Tensor boxes = at::cat({box_max, box_min}, 0).to(at::kLong).contiguous();
@@ -321,8 +296,8 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cuda(
         RowCoords<kNHWC, idx_t> rc{IntDivider<idx_t>(static_cast<idx_t>(L / kVec)),
                                    IntDivider<idx_t>(static_cast<idx_t>(H)),
                                    IntDivider<idx_t>(static_cast<idx_t>(C))};
-        erase_kernel<scalar_t, kVec, kNHWC, idx_t>
-            <<<grid_for(nvec, kEraseThreads), kEraseThreads, 0, stream>>>(
+        ANM_LAUNCH(grid_for(nvec, kEraseThreads), kEraseThreads, 0, stream,
+                   erase_kernel<scalar_t, kVec, kNHWC, idx_t>)(
                 xp, strides[0], strides[1], strides[2], strides[3], op_, B, C, rc,
                 static_cast<idx_t>(nvec), numel, boxes.const_data_ptr<int64_t>(),
                 fills.const_data_ptr<float>());
@@ -333,7 +308,7 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, targets.scalar_type(),
                                   "modulate_cuda", [&] {
     const int64_t blocks = (B + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    modulate_kernel<scalar_t><<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
+    ANM_LAUNCH(blocks, kWarpsPerBlock * kWarp, 0, stream, modulate_kernel<scalar_t>)(
         targets.const_data_ptr<scalar_t>(), targets.stride(0), targets.stride(1), B, N,
         r.const_data_ptr<float>(), label_gain, targets_out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -348,7 +323,7 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cuda(
   const int64_t B =
       check_erase_backward_args(grad_erased, grad_targets, targets, box_max, box_min);
   const int64_t C = grad_erased.size(1), H = grad_erased.size(2), W = grad_erased.size(3);
-  TORCH_CHECK(grad_erased.is_cuda(),
+  TORCH_CHECK(on_kernel_device(grad_erased),
               "erase_and_modulate_backward (CUDA): grad_erased must be a CUDA tensor");
   const char* op = "erase_and_modulate_backward";
   check_same_device(op, grad_erased, grad_targets, "grad_targets");
@@ -356,7 +331,7 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cuda(
   check_same_device(op, grad_erased, box_max, "box_max");
   check_same_device(op, grad_erased, box_min, "box_min");
   check_same_device(op, grad_erased, ratio, "ratio");
-  c10::cuda::CUDAGuard guard(grad_erased.device());
+  DeviceGuard guard(grad_erased.device());
   const cudaStream_t stream = current_stream();
 
   const at::Tensor boxes = at::cat({box_max, box_min}, 0).to(at::kLong).contiguous();
@@ -390,8 +365,8 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cuda(
         RowCoords<kNHWC, idx_t> rc{IntDivider<idx_t>(static_cast<idx_t>(L / kVec)),
                                    IntDivider<idx_t>(static_cast<idx_t>(H)),
                                    IntDivider<idx_t>(static_cast<idx_t>(C))};
-        erase_backward_kernel<scalar_t, kVec, kNHWC, idx_t>
-            <<<grid_for(nvec, kEraseThreads), kEraseThreads, 0, stream>>>(
+        ANM_LAUNCH(grid_for(nvec, kEraseThreads), kEraseThreads, 0, stream,
+                   erase_backward_kernel<scalar_t, kVec, kNHWC, idx_t>)(
                 gp, strides[0], strides[1], strides[2], strides[3], op_, B, C, rc,
                 static_cast<idx_t>(nvec), boxes.const_data_ptr<int64_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -404,11 +379,13 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt.scalar_type(), "modulate_bwd_cuda",
                                   [&] {
     if (f64)
-      modulate_backward_kernel<scalar_t, double><<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
+      ANM_LAUNCH(blocks, kWarpsPerBlock * kWarp, 0, stream,
+                 modulate_backward_kernel<scalar_t, double>)(
           gt.const_data_ptr<scalar_t>(), t_op.const_data_ptr<double>(), B, N,
           r.const_data_ptr<float>(), label_gain, grad_t.data_ptr<scalar_t>());
     else
-      modulate_backward_kernel<scalar_t, float><<<blocks, kWarpsPerBlock * kWarp, 0, stream>>>(
+      ANM_LAUNCH(blocks, kWarpsPerBlock * kWarp, 0, stream,
+                 modulate_backward_kernel<scalar_t, float>)(
           gt.const_data_ptr<scalar_t>(), t_op.const_data_ptr<float>(), B, N,
           r.const_data_ptr<float>(), label_gain, grad_t.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -419,7 +396,7 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cuda(
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(anm_fast, CUDA, m) {
+TORCH_LIBRARY_IMPL(ANM_CUDA_LIBRARY, ANM_CUDA_KEY, m) {
   m.impl("erase_and_modulate", &cuda::erase_and_modulate_cuda);
   m.impl("erase_and_modulate_backward", &cuda::erase_and_modulate_backward_cuda);
 }

@@ -1,0 +1,41 @@
+// The operator schemas of the anm_fast library, one list: csrc/ops.cpp defines them for anm_fast,
+// the CUDA emulation (csrc/emulation) defines the ones with CUDA kernels again for its own
+// library, anm_fast_emulated. anm_fast/_ops.py keeps a copy for builds without the extension (a
+// test compares the two).
+#pragma once
+
+namespace anm_fast {
+namespace schemas {
+
+constexpr const char* kActivationPeaks =
+    "activation_peaks(Tensor fmap, int height, int width, float band) -> "
+    "(Tensor peak_max, Tensor peak_min, Tensor energy)";
+constexpr const char* kSampleBoxes =
+    "sample_boxes(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
+    "Tensor seed, int height, int width, int channels, float area_lo, float area_hi, "
+    "float quality_gain, float aspect_lo, float area_scale, bool center_anchor, "
+    "bool uniform_fill, Tensor fill_value) -> "
+    "(Tensor box_max, Tensor box_min, Tensor ratio, Tensor fill_max, Tensor fill_min)";
+constexpr const char* kEraseAndModulate =
+    "erase_and_modulate(Tensor x, Tensor targets, Tensor box_max, Tensor box_min, "
+    "Tensor fill_max, Tensor fill_min, Tensor ratio, float label_gain) -> "
+    "(Tensor erased, Tensor targets_out)";
+// Stages 1-3 in one call (activation_peaks -> sample_boxes -> erase_and_modulate, the same
+// results), with the value checks of the Python API when check_values. seed_out is a 0-d int64
+// copy of the seed (the one MaskBatch hands back: made here, it costs the Python layer no tensor
+// creation of its own).
+constexpr const char* kAnmMask =
+    "anm_mask(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor sample_ids, "
+    "Tensor seed, float band, float area_lo, float area_hi, float quality_gain, "
+    "float aspect_lo, float area_scale, bool center_anchor, bool uniform_fill, "
+    "Tensor fill_value, float label_gain, bool check_values) -> "
+    "(Tensor erased, Tensor targets_out, Tensor box_max, Tensor box_min, Tensor ratio, "
+    "Tensor fill_max, Tensor fill_min, Tensor peak_max, Tensor peak_min, Tensor energy, "
+    "Tensor seed_out)";
+constexpr const char* kEraseAndModulateBackward =
+    "erase_and_modulate_backward(Tensor grad_erased, Tensor grad_targets, Tensor targets, "
+    "Tensor box_max, Tensor box_min, Tensor ratio, float label_gain) -> "
+    "(Tensor grad_x, Tensor grad_targets_in)";
+
+}  // namespace schemas
+}  // namespace anm_fast

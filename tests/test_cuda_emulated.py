@@ -1,0 +1,356 @@
+"""The CUDA kernels of csrc/cuda, run without a GPU on the CUDA emulation (csrc/emulation).
+
+anm_fast._C_emulated is csrc/cuda/*.cu compiled by the host compiler against an emulation of
+CUDA's execution model (threads of a block as fibers, __syncthreads and warp shuffles as real
+barriers, dynamic shared memory poisoned per block). Its ops, torch.ops.anm_fast_emulated.*, take
+CPU tensors. Every kernel runs here under several thread schedules (lowest index first, highest
+first, seeded random), so a missing barrier or a race shows as a wrong or schedule-dependent
+result. Boxes, fills, peaks, energies and erased images must equal the C++ CPU kernels' bit for
+bit (they follow the same order of operations) and the reference's (energies within rounding);
+targets within the per-dtype tolerance.
+"""
+import pytest
+import torch
+
+import anm_fast
+from anm_fast import reference as R
+from anm_fast.testing import TOLERANCES, assert_peaks_match, relayout, sample_boxes_args
+
+try:
+    import anm_fast._C_emulated  # noqa: F401  (registers torch.ops.anm_fast_emulated)
+    EMULATION_ERROR = None
+except ModuleNotFoundError as exc:  # built with ANM_FAST_SKIP_EMULATION=1, or not built
+    EMULATION_ERROR = exc
+# Any other import error (a module that exists but does not load) fails the collection.
+
+pytestmark = [
+    pytest.mark.cuda_emulated,
+    pytest.mark.skipif(EMULATION_ERROR is not None or not anm_fast.has_extension(),
+                       reason=f"anm_fast._C_emulated not built: {EMULATION_ERROR}"),
+]
+
+ops = torch.ops.anm_fast
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+# (order, seed): 0 lowest thread / block index first, 1 highest first, 2 random.
+SCHEDULES = {"lowest": (0, 0), "highest": (1, 0), "random1": (2, 1), "random2": (2, 2)}
+
+
+def emu():
+    return torch.ops.anm_fast_emulated
+
+
+@pytest.fixture(params=list(SCHEDULES), ids=list(SCHEDULES))
+def schedule(request):
+    emu().set_schedule(*SCHEDULES[request.param])
+    yield request.param
+    emu().set_schedule(0, 0)
+
+
+def assert_equal_outputs(got, want, names):
+    for g, w, name in zip(got, want, names):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        assert torch.equal(g, w), f"{name} differs"
+
+
+# ------------------------------------------------------------------------------ activation_peaks
+PEAK_SHAPES = [  # (B, K, h, w, H, W)
+    (1, 1, 1, 1, 32, 32),     # 1x1 feature map: constant resized map
+    (3, 5, 4, 4, 32, 32),     # CIFAR-like
+    (2, 7, 3, 5, 17, 29),     # non-square, odd
+    (4, 3, 7, 7, 5, 6),       # image smaller than the feature map
+    (2, 4, 9, 11, 9, 11),     # identity resize
+    (2, 300, 2, 3, 7, 9),     # more channels than threads per block
+    (2, 3, 30, 40, 40, 31),   # energy map larger than the block (several positions a thread)
+]
+
+
+@pytest.mark.parametrize("shape", PEAK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted"])
+@pytest.mark.parametrize("band", [0.0, 0.3])
+def test_activation_peaks_emulated(schedule, shape, layout, band):
+    B, K, h, w, H, W = shape
+    fmap = relayout(torch.randn(B, K, h, w), layout)
+    got = emu().activation_peaks(fmap, H, W, band)
+    assert_equal_outputs(got, ops.activation_peaks(fmap, H, W, band),
+                         ("peak_max", "peak_min", "energy"))
+    rmax, rmin, renergy = R.activation_peaks(fmap, H, W, band)
+    torch.testing.assert_close(got[2], renergy, rtol=1e-5, atol=1e-6)
+    assert_peaks_match(got[0], got[1], renergy, H, W, band)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_activation_peaks_emulated_dtypes(schedule, dtype, layout):
+    fmap = relayout(torch.randn(5, 33, 5, 6).to(dtype), layout)
+    got = emu().activation_peaks(fmap, 23, 31, 1.0 / 255.0)
+    assert_equal_outputs(got, ops.activation_peaks(fmap, 23, 31, 1.0 / 255.0),
+                         ("peak_max", "peak_min", "energy"))
+
+
+def test_activation_peaks_emulated_large_maps_use_global_scratch():
+    # A 110 x 100 fp64 map (88 KB) and a 4000-pixel-wide image: neither the map nor the tap
+    # table fits the 40 KiB of dynamic shared memory, so both paths outside it run.
+    fmap = torch.randn(2, 3, 110, 100, dtype=torch.float64)
+    got = emu().activation_peaks(fmap, 5, 4000, 0.1)
+    assert_equal_outputs(got, ops.activation_peaks(fmap, 5, 4000, 0.1),
+                         ("peak_max", "peak_min", "energy"))
+
+
+def test_activation_peaks_emulated_bit_identical_on_thousands_of_maps():
+    """Energy and peaks the same bits as the C++ CPU kernel for 2048 random maps: every layout
+    and dtype, random sizes, maps with many near-ties (few distinct values)."""
+    gen = torch.Generator().manual_seed(5)
+    emu().set_schedule(2, 11)
+    n = 0
+    layouts = ["contiguous", "channels_last", "sliced", "permuted"]
+    dtypes = [torch.float32, torch.float16, torch.bfloat16]
+    for i in range(64):
+        B = 32
+        K = int(torch.randint(1, 70, (1,), generator=gen))
+        h, w = (int(v) for v in torch.randint(1, 9, (2,), generator=gen))
+        H, W = (int(v) for v in torch.randint(3, 40, (2,), generator=gen))
+        f = torch.randn(B, K, h, w, generator=gen)
+        if i % 3 == 0:  # few distinct values: exact ties and near-ties everywhere
+            f = torch.round(f * 2) / 2
+        fmap = relayout(f.to(dtypes[i % 3]), layouts[i % 4])
+        band = (0.0, 1.0 / 255.0, 0.3)[i % 3]
+        assert_equal_outputs(emu().activation_peaks(fmap, H, W, band),
+                             ops.activation_peaks(fmap, H, W, band),
+                             ("peak_max", "peak_min", "energy"))
+        n += B
+    emu().set_schedule(0, 0)
+    assert n == 2048
+
+
+# ---------------------------------------------------------------------------------- sample_boxes
+@pytest.mark.parametrize("B,H,W,C", [(1, 32, 32, 3), (130, 32, 32, 3), (33, 224, 224, 3),
+                                     (16, 9, 300, 5)])
+@pytest.mark.parametrize("anchor", [True, False])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_sample_boxes_emulated(schedule, B, H, W, C, anchor, uniform):
+    args = sample_boxes_args(B, H, W, C, anchor=anchor, uniform=uniform,
+                             config=anm_fast.ANMConfig.clothing1m())
+    names = ("box_max", "box_min", "ratio", "fill_max", "fill_min")
+    got = emu().sample_boxes(*args)
+    assert_equal_outputs(got, R.sample_boxes(*args), names)
+    assert_equal_outputs(got, ops.sample_boxes(*args), names)
+
+
+@pytest.mark.parametrize("C", [16, 17, 512, 513])
+def test_sample_boxes_emulated_constant_fills_any_channel_count(C):
+    # Up to 512 channels the fills travel in the kernel argument (no host-to-device copy).
+    args = sample_boxes_args(40, 32, 32, C, uniform=False)
+    got = emu().sample_boxes(*args)
+    assert torch.equal(got[3], args[-1].expand(40, C))
+    assert torch.equal(got[4], args[-1].expand(40, C))
+    assert_equal_outputs(got, R.sample_boxes(*args), ("box_max", "box_min", "ratio"))
+
+
+def test_sample_boxes_emulated_seeds_and_ids():
+    for seed in (0, 2**32 - 1, 2**32, -1, -(2**63), 2**63 - 1):
+        ids = torch.tensor([0, 1, 2**32, 2**32 + 1, 2**40 + 5, -3])
+        args = sample_boxes_args(6, 32, 32, 3, seed=seed, ids=ids)
+        assert_equal_outputs(emu().sample_boxes(*args), R.sample_boxes(*args), range(5))
+
+
+# ------------------------------------------------------------------------------ erase_and_modulate
+def erase_inputs(B, C, H, W, N, dtype, layout, seed=3):
+    x = relayout(torch.randn(B, C, H, W).to(dtype), layout)
+    t = torch.softmax(torch.randn(B, N) * 3, dim=1).to(dtype)
+    boxes = ops.sample_boxes(*sample_boxes_args(B, H, W, C, seed=seed, fill_value=0.25))
+    return x, t, boxes
+
+
+ERASE_SHAPES = [(1, 3, 32, 32, 10), (7, 1, 5, 7, 2), (9, 3, 17, 9, 100), (4, 5, 40, 33, 3),
+                (3, 8, 8, 8, 40)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted"])
+@pytest.mark.parametrize("shape", ERASE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_erase_and_modulate_emulated(schedule, dtype, layout, shape):
+    B, C, H, W, N = shape
+    x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, layout)
+    erased, targets = emu().erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
+    r_erased, r_targets = R.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
+    assert erased.stride() == r_erased.stride()
+    assert torch.equal(erased, r_erased)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(targets, r_targets, rtol=rtol, atol=atol)
+    assert torch.equal(targets, ops.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio,
+                                                       1.0)[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_erase_and_modulate_backward_emulated(schedule, dtype, layout):
+    B, C, H, W, N = 6, 3, 11, 9, 37
+    x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, "contiguous")
+    ratio = ratio.clone()
+    ratio[0] = 5.0  # clamp active for sample 0
+    g = relayout(torch.randn(2 * B, C, H, W).to(dtype), layout)
+    gt = torch.randn(B, N).to(dtype)
+    gx, gtt = emu().erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
+    rgx, rgtt = R.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(gx, rgx, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gtt, rgtt, rtol=rtol, atol=atol)
+    assert gx.stride() == rgx.stride()
+    cpu_gx, cpu_gtt = ops.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
+    assert torch.equal(gx, cpu_gx)
+
+
+def test_erase_and_modulate_emulated_empty_and_single_pixel():
+    x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(2, 1, 1, 1, 2, torch.float32,
+                                                         "contiguous")
+    erased, _ = emu().erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
+    assert torch.equal(erased, R.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)[0])
+    empty = emu().activation_peaks(torch.randn(0, 4, 4, 4), 32, 32, 0.0)
+    assert empty[0].shape == (0, 2) and empty[2].shape == (0, 4, 4)
+
+
+# ------------------------------------------------------------------------------------- anm_mask
+FUSED_NAMES = ("erased", "targets", "box_max", "box_min", "ratio", "fill_max", "fill_min",
+               "peak_max", "peak_min", "energy", "seed_out")
+
+
+def fused_args(x, fmap, t, q, ids, seed, config, check=True):
+    uniform, values = config.fill_values(x.shape[1])
+    return (x, fmap, t, q, ids, seed, float(config.band), float(config.area_lo),
+            float(config.area_hi), float(config.quality_gain), float(config.aspect_lo),
+            float(config.area_scale), config.anchor == "center", uniform,
+            torch.tensor(values, dtype=torch.float32), float(config.label_gain), check)
+
+
+def fused_inputs(B, C, H, W, K, h, w, dtype, fdtype, tdtype, layout, N=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = relayout(torch.randn(B, C, H, W, generator=g).to(dtype), layout)
+    fmap = relayout(torch.randn(B, K, h, w, generator=g).relu().to(fdtype), layout)
+    t = torch.softmax(torch.randn(B, N, generator=g) * 3, 1).to(tdtype)
+    q = torch.rand(B, generator=g)
+    q[: B // 4] = 0.0
+    q[B // 4: B // 2] = 1.0
+    ids = torch.randperm(10 * B + 3, generator=g)[:B]
+    return x, fmap, t, q, ids
+
+
+def assert_fused_identical(got, want):
+    assert len(got) == len(want) == len(FUSED_NAMES)
+    for name, a, b in zip(FUSED_NAMES, got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert a.stride() == b.stride(), name
+        assert torch.equal(a, b), f"{name} differs from the CPU fused op"
+
+
+FUSED_CASES = [  # (B, C, H, W, K, h, w, N)
+    (1, 3, 32, 32, 8, 4, 4, 10),     # batch 1, CIFAR-like
+    (5, 3, 17, 29, 6, 3, 5, 7),      # odd sizes
+    (3, 1, 5, 6, 4, 7, 7, 2),        # image smaller than the feature map, one channel
+    (9, 4, 12, 12, 300, 2, 2, 40),   # more channels than threads
+]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("config", ["cifar", "clothing1m", "constant"])
+def test_anm_mask_emulated(schedule, case, layout, config):
+    B, C, H, W, K, h, w, N = case
+    cfg = {"cifar": anm_fast.ANMConfig.cifar(), "clothing1m": anm_fast.ANMConfig.clothing1m(),
+           "constant": anm_fast.ANMConfig(fill=(0.5,), anchor="corner")}[config]
+    x, fmap, t, q, ids = fused_inputs(B, C, H, W, K, h, w, torch.float32, torch.float32,
+                                      torch.float32, layout, N)
+    args = fused_args(x, fmap, t, q, ids, torch.tensor(1234), cfg)
+    assert_fused_identical(emu().anm_mask(*args), ops.anm_mask(*args))
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float16, torch.float32, torch.float32),
+                                    (torch.bfloat16, torch.bfloat16, torch.float16),
+                                    (torch.float64, torch.float64, torch.float64),
+                                    (torch.float32, torch.float16, torch.bfloat16)],
+                         ids=lambda d: "-".join(str(t).split(".")[1] for t in d))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_anm_mask_emulated_dtypes(schedule, dtypes, layout):
+    x_dtype, f_dtype, t_dtype = dtypes
+    x, fmap, t, q, ids = fused_inputs(6, 3, 19, 13, 16, 4, 3, x_dtype, f_dtype, t_dtype, layout)
+    args = fused_args(x, fmap, t, q, ids, torch.tensor(-5), anm_fast.ANMConfig.cifar())
+    assert_fused_identical(emu().anm_mask(*args), ops.anm_mask(*args))
+
+
+def test_anm_mask_emulated_host_seed_and_many_constant_fills():
+    # A seed may stay on the host while the tensors are on the device; here both are the CPU, so
+    # the kernel's seed read is what runs. 600 constant fills: more than the kernel argument holds.
+    cfg = anm_fast.ANMConfig(fill=(0.25,))
+    x, fmap, t, q, ids = fused_inputs(3, 600, 6, 5, 4, 2, 2, torch.float32, torch.float32,
+                                      torch.float32, "contiguous")
+    args = fused_args(x, fmap, t, q, ids, torch.tensor(2**40 + 3), cfg)
+    assert_fused_identical(emu().anm_mask(*args), ops.anm_mask(*args))
+
+
+def test_anm_mask_emulated_value_checks():
+    x, fmap, t, q, ids = fused_inputs(4, 3, 8, 8, 4, 2, 2, torch.float32, torch.float32,
+                                      torch.float32, "contiguous")
+    cfg = anm_fast.ANMConfig.cifar()
+    bad_q = q.clone()
+    bad_q[1] = 1.5
+    for quality, message in ((bad_q, "quality must lie in"),
+                             (torch.full_like(q, float("nan")), "quality contains NaN")):
+        args = fused_args(x, fmap, t, quality, ids, torch.tensor(0), cfg)
+        for op in (emu().anm_mask, ops.anm_mask):
+            with pytest.raises(ValueError, match=message):
+                op(*args)
+        emu().anm_mask(*fused_args(x, fmap, t, quality, ids, torch.tensor(0), cfg, False))
+    nan_map = fmap.clone()
+    nan_map[2, 0, 0, 0] = float("inf")
+    args = fused_args(x, nan_map, t, q, ids, torch.tensor(0), cfg)
+    with pytest.raises(ValueError, match="non-finite"):
+        emu().anm_mask(*args)
+
+
+def test_anm_mask_emulated_is_one_launch():
+    x, fmap, t, q, ids = fused_inputs(4, 3, 8, 8, 4, 2, 2, torch.float32, torch.float32,
+                                      torch.float32, "contiguous")
+    args = fused_args(x, fmap, t, q, ids, torch.tensor(0), anm_fast.ANMConfig.cifar(), False)
+    before = emu().launch_count()
+    emu().anm_mask(*args)
+    assert emu().launch_count() - before == 1
+
+
+def test_anm_mask_emulated_bit_identical_on_thousands_of_samples():
+    """Energy, peaks, boxes, fills and erased images the same bits as the CPU fused op on 2048
+    random samples over layouts, dtypes, sizes and configs."""
+    gen = torch.Generator().manual_seed(9)
+    emu().set_schedule(2, 21)
+    layouts = ["contiguous", "channels_last", "sliced", "permuted"]
+    dtypes = [torch.float32, torch.float16, torch.bfloat16]
+    configs = [anm_fast.ANMConfig.cifar(), anm_fast.ANMConfig.clothing1m()]
+    n = 0
+    for i in range(64):
+        C = int(torch.randint(1, 5, (1,), generator=gen))
+        H, W = (int(v) for v in torch.randint(2, 24, (2,), generator=gen))
+        K = int(torch.randint(1, 40, (1,), generator=gen))
+        h, w = (int(v) for v in torch.randint(1, 7, (2,), generator=gen))
+        x, fmap, t, q, ids = fused_inputs(32, C, H, W, K, h, w, dtypes[i % 3], dtypes[(i + 1) % 3],
+                                          torch.float32, layouts[i % 4], seed=i)
+        if i % 4 == 0:  # few distinct values: ties everywhere
+            fmap = torch.round(fmap * 2) / 2
+        args = fused_args(x, fmap, t, q, ids, torch.tensor(i), configs[i % 2], False)
+        assert_fused_identical(emu().anm_mask(*args), ops.anm_mask(*args))
+        n += 32
+    emu().set_schedule(0, 0)
+    assert n == 2048
+
+
+def test_anm_mask_backward_is_the_erase_backward():
+    # The fused op's autograd (anm_fast/_ops.py) on the CPU kernel: gradients equal those of
+    # erase_and_modulate with the op's own boxes.
+    x, fmap, t, q, ids = fused_inputs(4, 3, 9, 7, 4, 2, 2, torch.float64, torch.float64,
+                                      torch.float64, "contiguous")
+    x.requires_grad_(True)
+    t.requires_grad_(True)
+    args = fused_args(x, fmap, t, q, ids, torch.tensor(3), anm_fast.ANMConfig.cifar(), False)
+    out = ops.anm_mask(*args)
+    g_e, g_t = torch.randn_like(out[0]), torch.randn_like(out[1])
+    gx, gt = torch.autograd.grad((out[0] * g_e).sum() + (out[1] * g_t).sum(), (x, t))
+    rx, rt = R.erase_and_modulate_backward(g_e, g_t, t.detach(), out[2], out[3], out[4], 1.0)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gt, rt)
