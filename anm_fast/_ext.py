@@ -58,19 +58,21 @@ def built_with_cuda() -> bool:
 
 
 def built_cuda_archs():
-    """The GPU architectures the compiled CUDA kernels carry ("sm_90", "compute_90", ...), as the
-    extension reports them (`anm_fast._C.cuda_archs()`), or None when it does not say."""
-    if not built_with_cuda():
+    """The GPU architectures the compiled CUDA kernels carry machine code for ("sm_80", "sm_90"),
+    from the extension's `_cuda_archs()` (nvcc's __CUDA_ARCH_LIST__, "800,900"), or None when it
+    does not say. Whether PTX is embedded is not in that list: `cuda_runs_on` asks the driver."""
+    if not built_with_cuda() or not hasattr(torch.ops.anm_fast, "_cuda_archs"):
         return None
-    from . import _C
+    archs = [a.strip() for a in torch.ops.anm_fast._cuda_archs().split(",") if a.strip().isdigit()]
+    return [f"sm_{int(a) // 100}{int(a) % 100 // 10}" for a in archs] or None
 
-    report = getattr(_C, "cuda_archs", None)
-    if report is None:
+
+def cuda_runs_on(device_index: int):
+    """Whether the CUDA driver finds code for this device in the binary (its own machine code or
+    PTX it compiles), or None when the extension cannot say."""
+    if not built_with_cuda() or not hasattr(torch.ops.anm_fast, "_cuda_runs_on"):
         return None
-    archs = report() if callable(report) else report
-    if isinstance(archs, str):
-        archs = archs.replace(",", ";").split(";")
-    return [a.strip() for a in archs if a.strip()] or None
+    return bool(torch.ops.anm_fast._cuda_runs_on(device_index))
 
 
 def has_cuda_kernels() -> bool:

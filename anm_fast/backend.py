@@ -140,6 +140,13 @@ def _device_misfit(device_index: int):
     """Why the compiled CUDA kernels cannot run on this device, or None when they can."""
     major, minor = torch.cuda.get_device_capability(device_index)
     archs = _ext.built_cuda_archs()
+    runs = _ext.cuda_runs_on(device_index)
+    if runs is not None:  # the driver's answer covers embedded PTX, which the arch list does not
+        if runs:
+            return None
+        return (f"the compiled kernels (machine code for {', '.join(archs or ['?'])}) have no code "
+                f"this GPU can run (compute capability {major}.{minor}); rebuild on this machine "
+                f"or with TORCH_CUDA_ARCH_LIST={major}.{minor}")
     if archs is not None:
         if _arch_fits(archs, major, minor):
             return None

@@ -198,6 +198,7 @@ def test_auto_falls_back_when_the_binary_lacks_the_gpus_arch(monkeypatch):
     monkeypatch.setattr(backend.torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(backend.torch.cuda, "get_device_capability", lambda i: (12, 0))
     monkeypatch.setattr(backend._ext, "built_cuda_archs", lambda: ["sm_80", "sm_90"])
+    monkeypatch.setattr(backend._ext, "cuda_runs_on", lambda i: None)  # decided by the arch list
     with pytest.warns(RuntimeWarning, match=r"built for sm_80, sm_90.*'triton' serves"):
         assert backend._settle_auto() == "triton"
     assert installed[-1] == "triton" and backend._state["pending_auto"] is False
@@ -249,3 +250,21 @@ def test_triton_compile_failure_falls_back_to_the_reference_per_op(monkeypatch):
     monkeypatch.setitem(backend._state, "triton_broken", {})
     with pytest.raises(ValueError, match="bad argument"):
         impl(*args)
+
+
+def test_the_drivers_answer_decides_when_the_extension_gives_it(monkeypatch):
+    # The driver knows about embedded PTX, which the compiled arch list does not show.
+    monkeypatch.setattr(backend.torch.cuda, "get_device_capability", lambda i: (12, 0))
+    monkeypatch.setattr(backend._ext, "built_cuda_archs", lambda: ["sm_80", "sm_90"])
+    monkeypatch.setattr(backend._ext, "cuda_runs_on", lambda i: True)
+    assert backend._device_misfit(0) is None
+    monkeypatch.setattr(backend._ext, "cuda_runs_on", lambda i: False)
+    why = backend._device_misfit(0)
+    assert "machine code for sm_80, sm_90" in why and "compute capability 12.0" in why
+
+
+def test_built_cuda_archs_reads_the_extensions_list():
+    if not anm_fast.has_cuda_kernels():
+        pytest.skip("the extension was built without its CUDA sources")
+    archs = backend._ext.built_cuda_archs()
+    assert archs and all(a.startswith("sm_") and a[3:].isdigit() for a in archs), archs
