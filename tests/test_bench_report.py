@@ -32,16 +32,6 @@ def test_headline_says_not_measured_for_missing_rows(tmp_path):
     assert table.count("not measured") == 12  # six rows x two runs, nothing invented
 
 
-def test_gpu_session_script_parses_and_explains_its_steps(tmp_path):
-    import subprocess
-
-    script = os.path.join(ROOT, "bench", "gpu_session.sh")
-    assert subprocess.run(["bash", "-n", script]).returncode == 0
-    r = subprocess.run(["bash", script, "help"], capture_output=True, text=True,
-                       env=dict(os.environ, OUT=str(tmp_path)))
-    assert r.returncode == 2 and "build|test|sanitize|bench" in r.stderr
-
-
 # ------------------------------------------------ --pick-backend and the GPU goals table
 def _bench(gpu, op, shape, impl, median, device="cuda"):
     return {"extra_info": {"gpu": gpu, "op": op, "shape": shape, "dtype": "fp32", "impl": impl,
