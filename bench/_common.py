@@ -8,8 +8,9 @@ Every benchmark names its shape, dtype, device and implementation in its id and 
   dtype, device
   bytes       bytes that must move for the op (reads + writes of the big tensors), so that
               GB/s = bytes / median
-  floor_bytes for anm_mask: the issue's memory floor (read the feature map once + write the two
-              erased copies); the copy benchmark of the same shape moves exactly these bytes.
+  floor_bytes for anm_mask: the memory floor of docs/PERFORMANCE_GOALS.md (read the feature
+              map once + write the two erased copies); the copy benchmark of the same shape
+              moves exactly these bytes.
 
 ANM_BENCH_SMOKE=1 replaces every shape by a tiny one and keeps rounds low (CI smoke runs).
 Nothing here asserts on timing.
@@ -95,7 +96,7 @@ def anm_bytes(s: Shape, dtype) -> int:
 
 
 def floor_bytes(s: Shape, dtype) -> int:
-    """The issue's memory floor: read the feature map once + write the two erased copies."""
+    """The memory floor: read the feature map once + write the two erased copies."""
     return fmap_bytes(s, dtype) + 2 * x_bytes(s, dtype)
 
 
@@ -141,7 +142,7 @@ CFG = anm_fast.ANMConfig()
 
 
 def eager_anm(x, fmap, targets, quality, seed, sample_ids, H: int, W: int, C: int):
-    """The eager vectorised reference, stages 1-3, with the default (cifar) config."""
+    """The eager vectorised reference (peaks, boxes, erasing) with the default (cifar) config."""
     pmax, pmin, _ = R.activation_peaks(fmap, H, W, CFG.band)
     bmax, bmin, ratio, fmax, fmin = R.sample_boxes(
         pmax, pmin, quality, sample_ids, seed, H, W, C, CFG.area_lo, CFG.area_hi,

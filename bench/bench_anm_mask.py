@@ -2,7 +2,7 @@
 
 Implementations:
   released       bench/released.py: per-image Python loop, host copy + resize per image
-  eager          anm_fast.reference stages 1-3 (vectorised PyTorch, eager)
+  eager          anm_fast.reference: peaks, boxes, erasing (vectorised PyTorch, eager)
   compile        torch.compile of the same reference function
   fused          anm_fast.anm_mask, the public API (argument + value checks on)
   fused-nochecks anm_fast.anm_mask with anm_fast.set_checks(False)
@@ -99,7 +99,7 @@ def test_anm_mask(benchmark, device, dtype_name, shape, impl):
 @pytest.mark.parametrize("device,dtype_name", device_dtype_params())
 def test_copy(benchmark, device, dtype_name, shape):
     """The machine's copy bandwidth on the same bytes: clone of floor_bytes / 2 bytes, so the copy
-    reads + writes exactly the issue's memory floor (fmap once + both erased copies)."""
+    reads + writes exactly the memory floor (fmap once + both erased copies)."""
     dtype = DTYPES[dtype_name]
     nbytes = floor_bytes(shape, dtype)
     src = torch.empty(nbytes // 2 // 4, dtype=torch.float32, device=device).uniform_()

@@ -1,4 +1,4 @@
-"""Forward and backward of erase_and_modulate (stage 3) side by side.
+"""Forward and backward of erase_and_modulate (erasing and labels) side by side.
 
 Implementations: eager (anm_fast.reference), compile (torch.compile of the reference),
 fused (the registered operator on CPU tensors: the C++ kernel; on CUDA, the backend selected by

@@ -14,12 +14,14 @@
 #   memcheck  compute-sanitizer memcheck on our kernels only (--kernel-regex), via
 #             bench/sanitize_cuda.sh
 #   bench     the fused CUDA / Triton benchmark pair and the copy at the same bytes (GB/s against
-#             the card's copy); $OUT/RESULTS_gpu.md
+#             the card's copy): raw $OUT/results_gpu.json, its summary $OUT/bench_summary.json
+#             (bench/summarize.py, run "gpu") and $OUT/RESULTS_gpu.md (bench/report.py)
 #   cifar     only if time is left: 5 epochs of CIFAR-10 from .gpu_data/cifar10-jpeg.tar.gz (the
 #             caller copies the archive there; .gpu_data/ is ignored by git), ce and
 #             dividemix-anm, images/s
-# After a session: copy $OUT/results_gpu.json to bench/, append $OUT/RESULTS_gpu.md to
-# bench/RESULTS.md, commit the figures.
+# After a session, add the GPU run to the committed summary and re-render, then commit:
+#   python bench/summarize.py $OUT/results_gpu.json --run gpu-MODEL --title "GPU: MODEL" \
+#       --into bench/results.json && bench/regenerate_results.sh
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_session_out}"
@@ -100,8 +102,10 @@ step_bench() {
     --benchmark-json="$OUT/results_gpu.json" || return 1
   local gpu
   gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name())" 2>/dev/null || echo "?")
-  run_step bench-report 60 "$PY" bench/report.py "$OUT/results_gpu.json" --title "GPU: $gpu" \
-    --out "$OUT/RESULTS_gpu.md"
+  run_step bench-summary 30 "$PY" bench/summarize.py "$OUT/results_gpu.json" --run gpu \
+    --title "GPU: $gpu" --into "$OUT/bench_summary.json" || return 1
+  run_step bench-report 30 "$PY" bench/report.py "$OUT/bench_summary.json" --no-notes \
+    --results "$OUT/RESULTS_gpu.md"
 }
 
 step_cifar() {

@@ -1,15 +1,15 @@
-"""Turn pytest-benchmark JSON into the markdown tables of bench/RESULTS.md.
+"""Render the benchmark summary (bench/results.json, written by bench/summarize.py) as markdown:
+bench/RESULTS.md, the README's performance table and the figures table of
+docs/PERFORMANCE_GOALS.md. It prints figures only: what a figure must reach is in that doc.
 
-    pytest bench/ --benchmark-only --benchmark-json=bench/out.json
-    python bench/report.py bench/out.json [more.json ...] [--out bench/RESULTS.md]
+    python bench/report.py                                # RESULTS.md to stdout
+    python bench/report.py --results bench/RESULTS.md --readme README.md \
+        --goals docs/PERFORMANCE_GOALS.md                 # what bench/regenerate_results.sh does
 
-Figures are medians. GB/s = the bytes the op must move (benchmark.extra_info["bytes"]) / median.
-"% copy" = that GB/s as a fraction of the copy bandwidth measured in the same run on the same
-shape (a clone moving exactly the shape's memory-floor bytes). "x floor" = median / time of that
-copy, i.e. how far the op is from reading the feature map once and writing both erased copies.
-Speed-up columns are t(other) / t(this row): above 1 means this row is faster.
-Rows that were not measured (no GPU, missing optional package) say "not measured"; nothing is
-invented. Goals are those of issue 6 (CPU) and issue 3 (GPU).
+Figures are medians. GB/s = the bytes the op must move / median. "% copy BW" = that GB/s over the
+GB/s of a clone moving the shape's memory-floor bytes in the same run; "x floor" = median / that
+clone's median. "vs X" = t(X) / t(this row): above 1 means this row is faster. A figure that is
+not in the summary is printed as "not measured"; nothing is invented.
 """
 from __future__ import annotations
 
@@ -17,26 +17,56 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
-from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 ANM_IMPLS = ["released", "eager", "compile", "fused", "fused-nochecks", "fused-ops",
              "fused-triton", "fused-cuda", "tv-randerase", "kornia-randerase"]
 ERASE_IMPLS = ["eager", "compile", "fused", "fused-triton", "fused-cuda"]
+GPU_ONLY_IMPLS = ("fused-triton", "fused-cuda")
 TRAIN_MODELS = ["small_cnn", "preact_resnet18"]
 SHAPE_ORDER = ["cifar-B128", "cifar-B512", "imagenet-B64", "imagenet-B256"]
-GPU_CONFIGS = [("cuda", "fp32"), ("cuda", "bf16")]
+HEADLINE_SHAPE = "cifar-B512"
+HEADLINE_RUNS = ("cpu-1thread", "cpu-2threads")   # README: 1 core CPU time, 2 cores wall clock
 
 
-def load(paths: List[str]):
-    benches, meta = [], None
-    for p in paths:
-        with open(p) as f:
-            data = json.load(f)
-        meta = meta or data
-        benches.extend(data.get("benchmarks", []))
-    return benches, meta
+class Run:
+    """One run of the summary, its timings looked up by what was timed."""
+
+    def __init__(self, name: str, entry: dict, columns: List[str]):
+        self.name, self.info = name, entry
+        self.t: Dict[Tuple, Tuple[float, Optional[int]]] = {}
+        for row in entry["timings"]:
+            r = dict(zip(columns, row))
+            key = (r["op"], r["device"], r["dtype"], r["shape"], r["impl"], r["model"])
+            self.t[key] = (r["median_s"], r["bytes"])
+
+    def time(self, op, device, dtype, shape, impl, model=None) -> Optional[float]:
+        return self.t.get((op, device, dtype, shape, impl, model), (None, None))[0]
+
+    def nbytes(self, op, device, dtype, shape, impl, model=None) -> Optional[int]:
+        return self.t.get((op, device, dtype, shape, impl, model), (None, None))[1]
+
+    def copy(self, device, dtype, shape) -> Tuple[Optional[float], Optional[float]]:
+        """Median and GB/s of the clone of the shape's memory-floor bytes."""
+        t = self.time("copy", device, dtype, shape, "clone")
+        return (None, None) if t is None else (t, self.nbytes("copy", device, dtype, shape,
+                                                              "clone") / t)
+
+    def shapes(self, op, device, dtype) -> List[str]:
+        names = {k[3] for k in self.t if k[0] == op and k[1] == device and k[2] == dtype}
+        return [s for s in SHAPE_ORDER if s in names] + sorted(names - set(SHAPE_ORDER))
+
+    def configs(self, *ops) -> List[Tuple[str, str]]:
+        return sorted({(k[1], k[2]) for k in self.t if k[0] in ops})
+
+
+def load(path: str) -> List[Run]:
+    with open(path) as f:
+        summary = json.load(f)
+    return [Run(name, entry, summary["columns"]) for name, entry in summary["runs"].items()]
 
 
 def fmt_t(sec: Optional[float]) -> str:
@@ -57,244 +87,143 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def index(benches):
-    """(op, device, dtype, shape, impl[, model]) -> (median seconds, extra_info)."""
-    idx: Dict[Tuple, Tuple[float, dict]] = {}
-    for b in benches:
-        e = b.get("extra_info", {})
-        key = (e.get("op"), e.get("device"), e.get("dtype"), e.get("shape"), e.get("impl"),
-               e.get("model"))
-        idx[key] = (b["stats"]["median"], e)
-    return idx
+def bandwidth(nbytes, t, copy_bw) -> Tuple[str, str]:
+    gbs = nbytes / t
+    return f"{gbs / 1e9:.1f}", "-" if copy_bw is None else f"{100 * gbs / copy_bw:.0f}%"
 
 
-def shapes_present(idx, op, device, dtype):
-    names = {k[3] for k in idx if k[0] == op and k[1] == device and k[2] == dtype}
-    ordered = [s for s in SHAPE_ORDER if s in names]
-    return ordered + sorted(names - set(ordered))
+# ------------------------------------------------------------------------------ RESULTS.md
+def conditions(run: Run) -> List[str]:
+    i = run.info
+    lines = [f"- date: {i['date']}", f"- machine: {i['machine']}"]
+    if i.get("gpu"):
+        lines.append(f"- GPU: {i['gpu']}")
+    lines += [f"- python {i['python']}", f"- timer: {i['timer']}"]
+    if i.get("commit"):
+        lines.append(f"- commit: {i['commit']}")
+    lines.append(f"- torch {i['torch']}, {i['threads']} threads, smoke={i['smoke']}")
+    if i.get("load_1m"):
+        lo, hi = i["load_1m"]
+        lines.append(f"- 1-minute load average during the run: {lo:.1f} to {hi:.1f} (other "
+                     f"processes share the cores; see notes)")
+    if i.get("released_resizer"):
+        lines.append(f"- released port resizes with: {i['released_resizer']}")
+    return lines
 
 
-def get(idx, op, device, dtype, shape, impl, model=None):
-    v = idx.get((op, device, dtype, shape, impl, model))
-    return (None, None) if v is None else v
-
-
-def copy_bw(idx, device, dtype, shape) -> Tuple[Optional[float], Optional[float]]:
-    t, e = get(idx, "copy", device, dtype, shape, "clone")
-    if t is None:
-        return None, None
-    return t, e["bytes"] / t
-
-
-def anm_table(idx, device, dtype, out: List[str]):
-    for shape in shapes_present(idx, "anm_mask", device, dtype):
-        t_copy, bw = copy_bw(idx, device, dtype, shape)
-        base = {impl: get(idx, "anm_mask", device, dtype, shape, impl)[0]
+def anm_tables(run: Run, device: str, dtype: str, out: List[str]):
+    for shape in run.shapes("anm_mask", device, dtype):
+        t_copy, bw = run.copy(device, dtype, shape)
+        base = {impl: run.time("anm_mask", device, dtype, shape, impl)
                 for impl in ("released", "eager", "compile")}
-        any_e = next(e for k, (t, e) in idx.items()
-                     if k[0] == "anm_mask" and k[1:4] == (device, dtype, shape))
-        out.append(f"\n**anm_mask, {device} {dtype}, {shape}** (x {any_e['C']}x{any_e['H']}x"
-                   f"{any_e['W']}, fmap {any_e['K']}x{any_e['h']}x{any_e['w']}; copy of the "
-                   f"floor bytes: {fmt_t(t_copy)}, "
+        out.append(f"\n**anm_mask, {device} {dtype}, {shape}** ({run.info['shapes'][shape]}; "
+                   f"copy of the floor bytes: {fmt_t(t_copy)}, "
                    f"{'-' if bw is None else f'{bw / 1e9:.1f} GB/s'})\n")
         out.append("| implementation | median | GB/s | % copy BW | x floor | vs released | "
                    "vs eager | vs compile |")
         out.append("|---|---|---|---|---|---|---|---|")
         for impl in ANM_IMPLS:
-            t, e = get(idx, "anm_mask", device, dtype, shape, impl)
+            t = run.time("anm_mask", device, dtype, shape, impl)
             if t is None:
-                if impl in ("fused-triton", "fused-cuda") and device == "cpu":
-                    continue
-                out.append(f"| {impl} | not measured | | | | | | |")
+                if impl not in GPU_ONLY_IMPLS or device != "cpu":
+                    out.append(f"| {impl} | not measured | | | | | | |")
                 continue
-            gbs = e["bytes"] / t
-            frac = "-" if bw is None else f"{100 * gbs / bw:.0f}%"
-            out.append(f"| {impl} | {fmt_t(t)} | {gbs / 1e9:.1f} | {frac} | "
+            gbs, frac = bandwidth(run.nbytes("anm_mask", device, dtype, shape, impl), t, bw)
+            out.append(f"| {impl} | {fmt_t(t)} | {gbs} | {frac} | "
                        f"{fmt_x(ratio(t, t_copy), 2)} | {fmt_x(ratio(base['released'], t))} | "
                        f"{fmt_x(ratio(base['eager'], t))} | {fmt_x(ratio(base['compile'], t))} |")
 
 
-def erase_table(idx, device, dtype, out: List[str]):
+def erase_tables(run: Run, device: str, dtype: str, out: List[str]):
     for op, title in (("erase_fwd", "erase_and_modulate forward"),
                       ("erase_bwd", "erase_and_modulate backward")):
-        shapes = shapes_present(idx, op, device, dtype)
+        shapes = run.shapes(op, device, dtype)
         if not shapes:
             continue
         out.append(f"\n**{title}, {device} {dtype}** (bytes: read + write of the image batches)\n")
         out.append("| shape | implementation | median | GB/s | % copy BW | vs eager | vs compile |")
         out.append("|---|---|---|---|---|---|---|")
         for shape in shapes:
-            _, bw = copy_bw(idx, device, dtype, shape)
-            t_e = get(idx, op, device, dtype, shape, "eager")[0]
-            t_c = get(idx, op, device, dtype, shape, "compile")[0]
+            bw = run.copy(device, dtype, shape)[1]
+            t_e = run.time(op, device, dtype, shape, "eager")
+            t_c = run.time(op, device, dtype, shape, "compile")
             for impl in ERASE_IMPLS:
-                t, e = get(idx, op, device, dtype, shape, impl)
+                t = run.time(op, device, dtype, shape, impl)
                 if t is None:
-                    if impl in ("fused-triton", "fused-cuda") and device == "cpu":
-                        continue
-                    out.append(f"| {shape} | {impl} | not measured | | | | |")
+                    if impl not in GPU_ONLY_IMPLS or device != "cpu":
+                        out.append(f"| {shape} | {impl} | not measured | | | | |")
                     continue
-                gbs = e["bytes"] / t
-                frac = "-" if bw is None else f"{100 * gbs / bw:.0f}%"
-                out.append(f"| {shape} | {impl} | {fmt_t(t)} | {gbs / 1e9:.1f} | {frac} | "
+                gbs, frac = bandwidth(run.nbytes(op, device, dtype, shape, impl), t, bw)
+                out.append(f"| {shape} | {impl} | {fmt_t(t)} | {gbs} | {frac} | "
                            f"{fmt_x(ratio(t_e, t))} | {fmt_x(ratio(t_c, t))} |")
 
 
-def train_table(idx, out: List[str]):
-    rows = [(k, v) for k, v in idx.items() if k[0] == "train_step"]
-    if not rows:
-        out.append("\nTraining step: not measured.")
+def train_step_shape(run: Run) -> Optional[str]:
+    return next((k[3] for k in run.t if k[0] == "train_step"), None)
+
+
+def train_table(run: Run, out: List[str]):
+    shape = train_step_shape(run)
+    if shape is None:
         return
-    shape = rows[0][0][3]
     out.append(f"\n**Training step, cpu fp32, {shape} (plain CE over 3B images vs ANM)**\n")
     out.append("| model | CE step (3B images) | ANM step (anm_fast.masked_forward) | "
                "released composition | ANM / CE | released / CE |")
     out.append("|---|---|---|---|---|---|")
     for model in TRAIN_MODELS:
-        t = {v: get(idx, "train_step", "cpu", "fp32", shape, v, model)[0]
+        t = {v: run.time("train_step", "cpu", "fp32", shape, v, model)
              for v in ("ce", "anm", "released")}
         out.append(f"| {model} | {fmt_t(t['ce'])} | {fmt_t(t['anm'])} | {fmt_t(t['released'])} "
                    f"| {fmt_x(ratio(t['anm'], t['ce']), 3)} | "
                    f"{fmt_x(ratio(t['released'], t['ce']), 3)} |")
 
 
-def goals(idx, out: List[str]):
-    out.append("\n**Goals (issue 6, CPU; CIFAR shapes B=512, fp32)**\n")
-    out.append("| goal | measured | status |")
-    out.append("|---|---|---|")
-    shape = "cifar-B512"
-
-    def line(name, value, ok, fmt):
-        status = "not measured" if value is None else ("met" if ok(value) else "MISSED")
-        out.append(f"| {name} | {'-' if value is None else fmt(value)} | {status} |")
-
-    t_f = get(idx, "anm_mask", "cpu", "fp32", shape, "fused")[0]
-    t_r = get(idx, "anm_mask", "cpu", "fp32", shape, "released")[0]
-    t_e = get(idx, "anm_mask", "cpu", "fp32", shape, "eager")[0]
-    t_copy = copy_bw(idx, "cpu", "fp32", shape)[0]
-    warn = None
-    line("fused anm_mask >= 30x faster than released", ratio(t_r, t_f), lambda v: v >= 30,
-         lambda v: f"{v:.1f}x")
-    line("fused anm_mask >= 4x faster than eager reference", ratio(t_e, t_f), lambda v: v >= 4,
-         lambda v: f"{v:.2f}x")
-    floor = ratio(t_f, t_copy)
-    if floor is not None and floor < 1.0:
-        # Faster than a plain copy of fewer bytes: the copy itself was slowed down (typically a
-        # multi-threaded clone on a loaded machine), so no verdict can be drawn from this run.
-        out.append(f"| fused anm_mask within 1.5x of the memory floor | {floor:.2f}x floor | "
-                   f"no verdict: the copy ran slower than the op (loaded machine) |")
-        warn = ("\n> Warning: in this run a plain copy of fewer bytes ran slower than the fused op: "
-                "load from other processes distorted the timings, so none of the statuses in this "
-                "section is evidence either way.")
-    else:
-        line("fused anm_mask within 1.5x of the memory floor", floor, lambda v: v <= 1.5,
-             lambda v: f"{v:.2f}x floor")
-    for model in TRAIN_MODELS:
-        rows = [k for k in idx if k[0] == "train_step" and k[5] == model]
-        s = rows[0][3] if rows else None
-        ce = get(idx, "train_step", "cpu", "fp32", s, "ce", model)[0]
-        anm = get(idx, "train_step", "cpu", "fp32", s, "anm", model)[0]
-        line(f"training step ANM / CE <= 1.15 ({model}, {s})", ratio(anm, ce),
-             lambda v: v <= 1.15, lambda v: f"{v:.3f}x")
-    if warn:
-        out.append(warn)
+def triton_over_cuda(run: Run) -> Tuple[Optional[float], int]:
+    """Geometric mean of t(fused-triton) / t(fused-cuda) over every (op, shape, dtype) the run
+    timed with both GPU backends, and how many pairs that was: below 1, Triton was faster."""
+    logs = []
+    for (op, device, dtype, shape, impl, model), (t_triton, _) in run.t.items():
+        t_cuda = run.time(op, device, dtype, shape, "fused-cuda", model)
+        if device == "cuda" and impl == "fused-triton" and t_cuda:
+            logs.append(math.log(t_triton / t_cuda))
+    return (math.exp(sum(logs) / len(logs)) if logs else None), len(logs)
 
 
-def machine(meta) -> List[str]:
-    mi = meta.get("machine_info", {}) if meta else {}
-    cpu = mi.get("cpu", {}) or {}
-    brand = cpu.get("brand_raw") or mi.get("processor") or "?"
-    lines = [f"- date: {meta.get('datetime', '?') if meta else '?'}",
-             f"- machine: {mi.get('node', '?')}, {brand}, {cpu.get('count', '?')} logical cores, "
-             f"{mi.get('system', '?')} {mi.get('release', '')}",
-             f"- python {mi.get('python_version', '?')}"]
-    timers = sorted({b.get("options", {}).get("timer", "?") for b in (meta or {}).get(
-        "benchmarks", [])})
-    if timers:
-        lines.append(f"- timer: {', '.join(timers)}")
-    ci = meta.get("commit_info", {}) if meta else {}
-    if ci:
-        lines.append(f"- commit: {ci.get('id', '?')[:10]} ({ci.get('branch', '?')}"
-                     f"{', dirty' if ci.get('dirty') else ''})")
-    return lines
+def render_results(runs: List[Run], notes: str = "") -> str:
+    out = ["# Benchmark results", "",
+           "Generated by `bench/report.py` from `bench/results.json` (the medians of the "
+           "pytest-benchmark runs named below; `bench/regenerate_results.sh` says how to measure "
+           "them again). What each figure must reach: `docs/PERFORMANCE_GOALS.md`."]
+    for run in runs:
+        out += ["", f"## {run.info['title'] or run.name} (run `{run.name}`)", ""]
+        out += conditions(run)
+        ratio_, pairs = triton_over_cuda(run)
+        if ratio_ is not None:
+            out.append(f"- t(Triton) / t(CUDA), geometric mean over the {pairs} timings both "
+                       f"backends ran: {ratio_:.3f} ({'Triton' if ratio_ < 1 else 'CUDA'} faster "
+                       f"on this GPU)")
+        configs = run.configs("anm_mask")
+        if configs:
+            out.append("\n### anm_mask (energy and peaks, boxes, erasing and labels)")
+            for device, dtype in configs:
+                anm_tables(run, device, dtype, out)
+        configs = run.configs("erase_fwd", "erase_bwd")
+        if configs:
+            out.append("\n### erase_and_modulate forward / backward")
+            for device, dtype in configs:
+                erase_tables(run, device, dtype, out)
+        if train_step_shape(run):
+            out.append("\n### Training step")
+            train_table(run, out)
+    if not any(device == "cuda" for run in runs
+               for device, _ in run.configs("anm_mask", "erase_fwd", "erase_bwd")):
+        out.append("\n**GPU (CUDA fp32 and bf16, Triton and CUDA backends): not measured** (no "
+                   "run here had a GPU; `bench/gpu_session.sh bench` measures them).")
+    text = "\n".join(out) + "\n"
+    return text + ("\n" + notes if notes else "")
 
 
-GPU_GOAL_SHAPES = ["cifar-B512", "imagenet-B256"]
-
-
-def gpu_goals(idx, out: List[str]):
-    """Issue 3's speed goals (stated for an H100) for every CUDA dtype in the run: the public
-    anm_mask ("fused", the backend "auto" picked) against the released procedure, the eager
-    reference and torch.compile of it, and the erase pass's share of the copy bandwidth."""
-    dtypes = sorted({k[2] for k in idx if k[1] == "cuda"})
-    if not dtypes:
-        out.append("\n**Goals (issue 3, GPU)**: not measured (no GPU in this run).")
-        return
-    out.append("\n**Goals (issue 3, GPU; the card is named in the machine lines above)**\n")
-    out.append("| goal | dtype | shape | measured | status |")
-    out.append("|---|---|---|---|---|")
-    for dtype in dtypes:
-        for shape in GPU_GOAL_SHAPES:
-            t = {impl: get(idx, "anm_mask", "cuda", dtype, shape, impl)[0]
-                 for impl in ("fused", "released", "eager", "compile")}
-            for name, other, need in (("anm_mask >= 1000x faster than released", "released",
-                                       1000), ("anm_mask >= 5x faster than eager", "eager", 5),
-                                      ("anm_mask >= 2x faster than torch.compile", "compile", 2)):
-                v = ratio(t[other], t["fused"])
-                status = "not measured" if v is None else ("met" if v >= need else "MISSED")
-                out.append(f"| {name} | {dtype} | {shape} | {fmt_x(v)} | {status} |")
-            t_erase, e = get(idx, "erase_fwd", "cuda", dtype, shape, "fused")
-            _, bw = copy_bw(idx, "cuda", dtype, shape)
-            share = None if t_erase is None or not bw else (e["bytes"] / t_erase) / bw
-            status = "not measured" if share is None else ("met" if share >= 0.7 else "MISSED")
-            shown = "-" if share is None else f"{100 * share:.0f}% of copy BW"
-            out.append(f"| erase pass >= 70% of copy bandwidth | {dtype} | {shape} | {shown} | "
-                       f"{status} |")
-
-
-def render(paths: List[str], title: Optional[str] = None) -> str:
-    benches, meta = load(paths)
-    idx = index(benches)
-    out: List[str] = []
-    out.append("# Benchmark results" + (f": {title}" if title else ""))
-    out.append("")
-    out.append("Generated by `python bench/report.py` from pytest-benchmark JSON "
-               "(`pytest bench/ --benchmark-only --benchmark-json=...`). Medians.")
-    out.append("")
-    out.extend(machine(meta))
-    extras = [b.get("extra_info", {}) for b in benches]
-    if extras:
-        e0 = extras[0]
-        loads = [e.get("loadavg_1m") for e in extras if e.get("loadavg_1m") is not None]
-        out.append(f"- torch {e0.get('torch', '?')}, {e0.get('threads', '?')} threads, "
-                   f"smoke={e0.get('smoke')}")
-        if loads:
-            out.append(f"- 1-minute load average during the run: {min(loads):.1f} to "
-                       f"{max(loads):.1f} (other processes share the cores; see notes)")
-        res = {e.get("resizer") for e in extras if e.get("resizer")}
-        if res:
-            out.append(f"- released port resizes with: {', '.join(sorted(res))}")
-    goals(idx, out)
-    gpu_goals(idx, out)
-    out.append("\n## anm_mask (stages 1-3)")
-    devices = sorted({(k[1], k[2]) for k in idx if k[0] == "anm_mask"})
-    for device, dtype in devices:
-        anm_table(idx, device, dtype, out)
-    for device, dtype in GPU_CONFIGS:
-        if (device, dtype) not in devices:
-            out.append(f"\n**anm_mask, {device} {dtype}**: not measured (no GPU in this run).")
-    out.append("\n## erase_and_modulate forward / backward")
-    for device, dtype in sorted({(k[1], k[2]) for k in idx if k[0] in ("erase_fwd", "erase_bwd")}):
-        erase_table(idx, device, dtype, out)
-    for device, dtype in GPU_CONFIGS:
-        if (device, dtype) not in devices:
-            out.append(f"\n**erase_and_modulate, {device} {dtype}**: not measured (no GPU in "
-                       f"this run).")
-    out.append("\n## Training step")
-    train_table(idx, out)
-    return "\n".join(out) + "\n"
-
-
+# -------------------------------------------------------------- README table and key figures
 HEADLINE_ROWS = [("released", "released per-image procedure (port, OpenCV resize)"),
                  ("eager", "eager vectorised PyTorch (the reference)"),
                  ("compile", "`torch.compile` of the reference"),
@@ -303,22 +232,27 @@ HEADLINE_ROWS = [("released", "released per-image procedure (port, OpenCV resize
                  ("copy", "copy of the bytes that must move (memory floor)")]
 
 
-def headline(one_core: str, two_cores: str, shape: str = "cifar-B512") -> str:
-    """README's headline table: anm_mask at `shape` (CPU fp32) from a 1-thread CPU-time run and
-    a 2-thread wall-clock run, each implementation's median and its speed-up over the released
-    procedure measured in the same run."""
-    runs = [index(load([one_core])[0]), index(load([two_cores])[0])]
+def find(runs: List[Run], name: str) -> Optional[Run]:
+    return next((r for r in runs if r.name == name), None)
+
+
+def headline(runs: List[Run]) -> str:
+    """README's table: anm_mask at CIFAR B=512 (CPU fp32), 1 core in CPU time and 2 cores in wall
+    clock, each implementation's median and its speed-up over the released procedure."""
+    chosen = [find(runs, name) for name in HEADLINE_RUNS]
     lines = ["| implementation | 1 core (CPU time) | vs released | 2 cores (wall clock) | "
              "vs released |", "|---|---|---|---|---|"]
     for impl, label in HEADLINE_ROWS:
         cells = []
-        for idx in runs:
-            if impl == "copy":
-                t = get(idx, "copy", "cpu", "fp32", shape, "clone")[0]
-                cells += [fmt_t(t), ""]
+        for run in chosen:
+            if run is None:
+                cells += ["not measured", "" if impl == "copy" else "-"]
                 continue
-            t = get(idx, "anm_mask", "cpu", "fp32", shape, impl)[0]
-            released = get(idx, "anm_mask", "cpu", "fp32", shape, "released")[0]
+            if impl == "copy":
+                cells += [fmt_t(run.copy("cpu", "fp32", HEADLINE_SHAPE)[0]), ""]
+                continue
+            t = run.time("anm_mask", "cpu", "fp32", HEADLINE_SHAPE, impl)
+            released = run.time("anm_mask", "cpu", "fp32", HEADLINE_SHAPE, "released")
             x = fmt_x(ratio(released, t))
             cells += [fmt_t(t), "1x" if impl == "released" and t is not None else x]
         if impl == "fused":
@@ -327,67 +261,105 @@ def headline(one_core: str, two_cores: str, shape: str = "cifar-B512") -> str:
     return "\n".join(lines) + "\n"
 
 
-def pick_backends(paths: List[str]) -> Dict[str, dict]:
-    """Per GPU model in the runs: which of the Triton and compiled CUDA backends was faster,
-    by the geometric mean of t(triton) / t(cuda) over every (op, shape, dtype) both ran."""
-    benches, _ = load(paths)
-    pairs: Dict[Tuple, Dict[str, float]] = defaultdict(dict)
-    for b in benches:
-        e = b.get("extra_info", {})
-        backend = {"fused-triton": "triton", "fused-cuda": "cuda"}.get(e.get("impl"))
-        if e.get("device") != "cuda" or backend is None or not e.get("gpu"):
-            continue
-        key = (e["gpu"], e.get("op"), e.get("shape"), e.get("dtype"))
-        pairs[key][backend] = b["stats"]["median"]
-    out: Dict[str, dict] = {}
-    for gpu in sorted({k[0] for k in pairs}):
-        logs = [math.log(v["triton"] / v["cuda"]) for k, v in pairs.items()
-                if k[0] == gpu and "triton" in v and "cuda" in v and v["cuda"] > 0]
-        if not logs:
-            continue
-        ratio_ = math.exp(sum(logs) / len(logs))
-        out[gpu] = {"faster": "triton" if ratio_ < 1 else "cuda",
-                    "triton_over_cuda_geomean": round(ratio_, 4), "pairs": len(logs)}
-    return out
+def _anm_speedup(other):
+    return lambda run, dev, dt, shape: ratio(run.time("anm_mask", dev, dt, shape, other),
+                                            run.time("anm_mask", dev, dt, shape, "fused"))
+
+
+def _floor(run, dev, dt, shape):
+    return ratio(run.time("anm_mask", dev, dt, shape, "fused"), run.copy(dev, dt, shape)[0])
+
+
+def _erase_share(run, dev, dt, shape):
+    t, bw = run.time("erase_fwd", dev, dt, shape, "fused"), run.copy(dev, dt, shape)[1]
+    return None if t is None or not bw else run.nbytes("erase_fwd", dev, dt, shape,
+                                                       "fused") / t / bw
+
+
+def _train(model):
+    def f(run, dev, dt, shape):
+        s = train_step_shape(run)
+        return ratio(run.time("train_step", dev, dt, s, "anm", model),
+                     run.time("train_step", dev, dt, s, "ce", model))
+    return f
+
+
+# (figure, device, dtype, shape, how it is computed, format): the figures
+# docs/PERFORMANCE_GOALS.md judges; one row each, one column per run of the summary
+FIGURES = [("anm_mask speed-up over the released procedure", "cpu", "fp32", "cifar-B512",
+            _anm_speedup("released"), lambda v: f"{v:.1f}x"),
+           ("anm_mask speed-up over the eager reference", "cpu", "fp32", "cifar-B512",
+            _anm_speedup("eager"), lambda v: f"{v:.2f}x"),
+           ("anm_mask time / memory-floor copy", "cpu", "fp32", "cifar-B512", _floor,
+            lambda v: f"{v:.2f}x"),
+           ("training step ANM / CE, small_cnn", "cpu", "fp32", "cifar-B128", _train("small_cnn"),
+            lambda v: f"{v:.3f}x"),
+           ("training step ANM / CE, preact_resnet18", "cpu", "fp32", "cifar-B128",
+            _train("preact_resnet18"), lambda v: f"{v:.3f}x")]
+for _dt in ("fp32", "bf16"):
+    for _shape in ("cifar-B512", "imagenet-B256"):
+        FIGURES += [("anm_mask speed-up over the released procedure", "cuda", _dt, _shape,
+                     _anm_speedup("released"), lambda v: f"{v:.0f}x"),
+                    ("anm_mask speed-up over the eager reference", "cuda", _dt, _shape,
+                     _anm_speedup("eager"), lambda v: f"{v:.1f}x"),
+                    ("anm_mask speed-up over torch.compile", "cuda", _dt, _shape,
+                     _anm_speedup("compile"), lambda v: f"{v:.1f}x"),
+                    ("erase pass bandwidth / copy bandwidth", "cuda", _dt, _shape, _erase_share,
+                     lambda v: f"{100 * v:.0f}%")]
+
+
+def figures_table(runs: List[Run]) -> str:
+    lines = ["| figure | device, dtype, shape | " + " | ".join(f"`{r.name}`" for r in runs) + " |",
+             "|---|---|" + "---|" * len(runs)]
+    for name, dev, dt, shape, f, show in FIGURES:
+        cells = []
+        for run in runs:
+            v = f(run, dev, dt, shape)
+            cells.append("not measured" if v is None else show(v))
+        lines.append(f"| {name} | {dev} {dt} {shape} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------ writing into marked sections
+BEGIN = "<!-- generated by bench/report.py from bench/results.json: do not edit by hand -->\n"
+END = "<!-- end of generated part -->"
+
+
+def replace_marked(text: str, table: str, path: str) -> str:
+    """`text` with the part between the generated-part markers replaced by `table`."""
+    pattern = re.escape(BEGIN) + r".*?" + re.escape(END)
+    if not re.search(pattern, text, flags=re.S):
+        raise SystemExit(f"{path}: no generated part (the two marker comments) to replace")
+    return re.sub(pattern, lambda _: BEGIN + table + END, text, count=1, flags=re.S)
+
+
+def notes_text() -> str:
+    with open(os.path.join(HERE, "RESULTS_NOTES.md")) as f:
+        return f.read()
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s)")
-    ap.add_argument("--out", help="write the markdown here instead of stdout")
-    ap.add_argument("--notes", help="markdown file appended after the tables (conditions, "
-                                    "analysis; keep figures in the generated tables)")
-    ap.add_argument("--title", help="heading suffix, e.g. the run's conditions")
-    ap.add_argument("--headline", action="store_true",
-                    help="print README's headline table instead: give the 1-thread CPU-time JSON "
-                         "then the 2-thread wall-clock JSON")
-    ap.add_argument("--pick-backend", action="store_true",
-                    help="print, per GPU model in the JSON, whether the triton or the cuda "
-                         "backend was faster (for bench/RESULTS.md; the library's choice is a "
-                         "fixed priority, anm_fast/backend.py)")
+    ap.add_argument("summary", nargs="?", default=os.path.join(HERE, "results.json"),
+                    help="summary written by bench/summarize.py (default: bench/results.json)")
+    ap.add_argument("--results", help="write RESULTS.md (with bench/RESULTS_NOTES.md) here")
+    ap.add_argument("--no-notes", action="store_true", help="leave bench/RESULTS_NOTES.md out")
+    ap.add_argument("--readme", help="README to update: its generated table")
+    ap.add_argument("--goals", help="docs/PERFORMANCE_GOALS.md to update: its generated table")
     args = ap.parse_args(argv)
-    if args.pick_backend:
-        picks = pick_backends(args.json)
-        if not picks:
-            ap.error("no GPU run with both fused-triton and fused-cuda timings in these files")
-        for gpu, entry in picks.items():
-            print(f"{gpu}: {entry['faster']} (t_triton / t_cuda geometric mean "
-                  f"{entry['triton_over_cuda_geomean']} over {entry['pairs']} timings)")
-        return 0
-    if args.headline:
-        if len(args.json) != 2:
-            ap.error("--headline takes two JSON files: the 1-thread run, then the 2-thread run")
-        sys.stdout.write(headline(*args.json))
-        return 0
-    text = render(args.json, args.title)
-    if args.notes:
-        with open(args.notes) as f:
-            text += "\n" + f.read()
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
+    runs = load(args.summary)
+    text = render_results(runs, "" if args.no_notes else notes_text())
+    if not (args.results or args.readme or args.goals):
         sys.stdout.write(text)
+    if args.results:
+        with open(args.results, "w") as f:
+            f.write(text)
+    for path, table in ((args.readme, headline), (args.goals, figures_table)):
+        if path:
+            with open(path) as f:
+                old = f.read()
+            with open(path, "w") as f:
+                f.write(replace_marked(old, table(runs), path))
     return 0
 
 
