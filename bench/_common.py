@@ -206,5 +206,5 @@ def record(benchmark, **info):
     benchmark.extra_info.setdefault("smoke", SMOKE)
     # Other processes on the machine skew timings: keep the 1-minute load with every figure.
     benchmark.extra_info.setdefault("loadavg_1m", os.getloadavg()[0])
-    if info.get("device") == "cuda":  # the GPU model: bench/report.py --pick-backend keys on it
+    if info.get("device") == "cuda":  # the GPU model, for the run's Triton / CUDA comparison
         benchmark.extra_info.setdefault("gpu", torch.cuda.get_device_name())
