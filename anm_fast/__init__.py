@@ -16,7 +16,7 @@ __all__ = [
     "extension_error", "reference", "set_backend", "get_backend",
 ]
 
-# The user-facing training API (issue 4): masked_forward and its modules.
+# The user-facing training API: masked_forward and its modules.
 from .masked import MaskedOutput, find_feature_layer, masked_forward
 from . import label_issues, losses, models, nn, quality
 

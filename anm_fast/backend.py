@@ -37,7 +37,7 @@ BACKENDS = ("auto", "cuda", "triton", "reference")
 PRIORITY = ("cuda", "triton", "reference")
 _OP_NAMES = ("activation_peaks", "sample_boxes", "erase_and_modulate",
              "erase_and_modulate_backward")
-FUSED_OP = "anm_mask"  # stages 1-3 in one op; defined by the compiled extension only
+FUSED_OP = "anm_mask"  # peaks, boxes, erasing in one op; defined by the compiled extension only
 
 _state = {"requested": "auto", "active": None, "lib": None, "compiled_cuda": None,
           "triton": None, "triton_error": None, "pending_auto": False,

@@ -1,4 +1,5 @@
-"""Label quality (spec stage 5): per-sample losses, a two-component 1-D GMM, loss history.
+"""Label quality (docs/SPEC.md, "Label quality"): per-sample losses, a two-component 1-D GMM,
+loss history.
 
 The recipe, as in DivideMix and the ANM release: once per epoch, the cross-entropy of every
 training sample on its given (noisy) label; min-max normalised to [0, 1]; a two-component Gaussian
@@ -173,7 +174,7 @@ def gmm_clean_posterior(losses: torch.Tensor, *, max_iter: int = 10, tol: float 
     """Posterior of the lower-mean component of a 2-component 1-D Gaussian mixture (q, in [0, 1]).
 
     losses: (n,) per-sample losses (any float dtype, any device; NaN is an error).
-    normalize: min-max normalise first (the spec); pass False for values already in [0, 1], e.g.
+    normalize: min-max normalise first (docs/SPEC.md); pass False for values already in [0, 1], e.g.
       `LossHistory.mean()`, which DivideMix fits without renormalising.
     EM as scikit-learn: k-means initial responsibilities, stop when the mean log-likelihood changes
     by less than tol or after max_iter iterations, posteriors under the final parameters.

@@ -1,8 +1,8 @@
 """Assertions shared by the test-suites of every backend (CPU, Triton, CUDA).
 
-Peaks are judged the way the spec allows: a kernel's peak either equals the reference's, or the
-two pixels' values in the reference's resized map are equal up to float rounding (bilinear
-resizing leaves plateaus whose values differ only in the last bits).
+Peaks are judged by the band rule (docs/SPEC.md, "Energy and peaks") on the reference's resized
+map: a kernel's peak either equals the reference's, or the two pixels' values there are equal up
+to float rounding (bilinear resizing leaves plateaus whose values differ only in the last bits).
 """
 from __future__ import annotations
 
