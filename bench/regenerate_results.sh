@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Remake the benchmark figures.
 #   bench/regenerate_results.sh            render bench/RESULTS.md, the README's performance table
-#                                          and the figures table of docs/PERFORMANCE_GOALS.md
-#                                          from the committed summary bench/results.json (seconds)
+#                                          and the figures table of docs/PERFORMANCE_GOALS.md from
+#                                          the committed summary bench/results.json (no benchmark
+#                                          runs)
 #   bench/regenerate_results.sh --measure  first measure the two CPU runs again on this machine
-#                                          (about 30 minutes on 2 cores; run it on an otherwise idle
-#                                          machine), replace them in bench/results.json, then render
+#                                          (every shape and implementation, twice: long; use an
+#                                          otherwise idle machine), replace them in
+#                                          bench/results.json, then render
 # The raw pytest-benchmark JSON goes to a temporary folder and is not kept: bench/summarize.py
 # keeps the medians and bytes the report needs. A GPU run is added the same way, see
 # bench/gpu_session.sh (step bench).
