@@ -49,6 +49,19 @@ def _run(benchmark, fn, impl, device):
             anm_fast.set_backend("auto")
 
 
+def _callable(impl, device, compile_key, reference_fn, op_name, args):
+    """What `impl` times: the eager reference, its torch.compile, or the registered op (on the
+    backend `impl` names)."""
+    _select(impl, device)
+    if impl == "eager":
+        fn = reference_fn
+    elif impl == "compile":
+        fn = compiled(compile_key, reference_fn)
+    else:
+        fn = getattr(torch.ops.anm_fast, op_name)
+    return sync_wrap(lambda: fn(*args), device)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape", shape_params())
 @pytest.mark.parametrize("device,dtype_name", device_dtype_params())
@@ -59,15 +72,8 @@ def test_erase_fwd(benchmark, device, dtype_name, shape, impl):
     inp = make_inputs(shape, device, dtype)
     bmax, bmin, ratio, fmax, fmin = _boxes(inp, shape, device)
     args = (inp.x, inp.targets, bmax, bmin, fmax, fmin, ratio, CFG.label_gain)
-    _select(impl, device)
-    if impl == "eager":
-        f = lambda: R.erase_and_modulate(*args)  # noqa: E731
-    elif impl == "compile":
-        cf = compiled(f"erase-{device}-{dtype}-{shape.name}", R.erase_and_modulate)
-        f = lambda: cf(*args)  # noqa: E731
-    else:
-        f = lambda: torch.ops.anm_fast.erase_and_modulate(*args)  # noqa: E731
-    fn = sync_wrap(f, device)
+    fn = _callable(impl, device, f"erase-{device}-{dtype}-{shape.name}", R.erase_and_modulate,
+                   "erase_and_modulate", args)
     record(benchmark, op="erase_fwd", impl=impl, dtype=dtype_name, device=device,
            bytes=3 * x_bytes(shape, dtype) + 2 * inp.targets.numel() * 4, **shape.info())
     _run(benchmark, fn, impl, device)
@@ -85,15 +91,8 @@ def test_erase_bwd(benchmark, device, dtype_name, shape, impl):
     g = torch.randn(2 * shape.B, shape.C, shape.H, shape.W, device=device).to(dtype)
     gt = torch.randn_like(inp.targets)
     args = (g, gt, inp.targets, bmax, bmin, ratio, CFG.label_gain)
-    _select(impl, device)
-    if impl == "eager":
-        f = lambda: R.erase_and_modulate_backward(*args)  # noqa: E731
-    elif impl == "compile":
-        cf = compiled(f"erase-bwd-{device}-{dtype}-{shape.name}", R.erase_and_modulate_backward)
-        f = lambda: cf(*args)  # noqa: E731
-    else:
-        f = lambda: torch.ops.anm_fast.erase_and_modulate_backward(*args)  # noqa: E731
-    fn = sync_wrap(f, device)
+    fn = _callable(impl, device, f"erase-bwd-{device}-{dtype}-{shape.name}",
+                   R.erase_and_modulate_backward, "erase_and_modulate_backward", args)
     record(benchmark, op="erase_bwd", impl=impl, dtype=dtype_name, device=device,
            bytes=3 * x_bytes(shape, dtype) + 3 * inp.targets.numel() * 4, **shape.info())
     _run(benchmark, fn, impl, device)
