@@ -1,16 +1,19 @@
-"""masked_forward: ANM stages 1-4 around any classifier, in two forward passes.
+"""masked_forward: ANM around any classifier, in two forward passes (the steps are the README's
+"What is computed, exactly").
 
 Pass 1 runs the model on the clean batch x. A forward hook on the feature layer captures its
-feature map, whose activation peaks place the boxes (stages 1-3, `anm_mask`); the logits give
+feature map, whose activation peaks place the boxes (steps 1-3, `anm_mask`); the logits give
 the clean loss. Pass 2 runs the model once on the 2B erased images: their logits give the erased
-loss, and the feature map captured in the same pass feeds the reconstruction decoder (stage 4).
+loss, and the feature map captured in the same pass feeds the reconstruction decoder (step 4).
 The released code runs the erased images a second time for the decoder; the features are the
 same, so one pass serves both.
 
 The feature layer is the module whose output is the last spatial feature map before global
 pooling. It is, in order: the `feature_layer` argument (a module name such as "layer4", or the
 module itself), the model's `anm_feature_layer` attribute (set by anm_fast.models), or found
-automatically during the first clean pass (see `find_feature_layer`) and cached per model.
+automatically by one extra pass before the first clean pass (see `find_feature_layer`) and
+cached per model. `capture_features` runs a model and captures its feature map: both passes here,
+and every other look at a model's features in this package (nn.ANM, the trainer).
 
 Its output may be a (B, D, h, w) map (CNNs), a channels-last (B, h, w, D) map (Swin, the NHWC
 layers of timm models) or (B, N, D) tokens (ViT, DeiT: class and register tokens before an h x w
@@ -25,7 +28,7 @@ import logging
 import math
 import warnings
 import weakref
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -196,19 +199,6 @@ def _warn_if_1x1(inner: nn.Module, name: str, fmap: torch.Tensor, x: torch.Tenso
                   f"(feature_layer=)", FeatureLayerWarning, stacklevel=3)
 
 
-def _forward_capturing(model: nn.Module, layer: nn.Module, x: torch.Tensor):
-    """model(x) and the last output of `layer` during that call (hook removed afterwards)."""
-    captured: List = []
-    handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError("the feature layer did not run during the model's forward pass")
-    return logits, captured[-1]
-
-
 def _is_global_pool(module: nn.Module, inputs, output) -> bool:
     """An adaptive pool, or a fixed pool reducing a larger map to 1x1 (not a strided conv:
     layer4 of a resnet on a 32x32 image is itself 1x1)."""
@@ -285,19 +275,64 @@ def find_feature_layer(model: nn.Module, example: torch.Tensor) -> str:
         return _discovering_forward(inner, example)[1]
 
 
-def probe_feature_layer(inner: nn.Module, x: torch.Tensor, feature_layer: LayerSpec = None):
-    """(logits, layer name, (B, D, h, w) feature map) of one eval-mode pass without gradient on
-    an unwrapped model; an automatically found layer is cached as masked_forward's would be."""
-    with _eval_no_grad(inner):
-        resolved = _resolve_layer(inner, feature_layer)
-        if resolved is None:
-            logits, name, layout, out = _discovering_forward(inner, x)
-            _DISCOVERED[inner] = (name, layout)
+class Capture(NamedTuple):
+    """What capture_features returns."""
+
+    logits: torch.Tensor    # the model's output for x
+    layer: str              # the feature layer's module name
+    fmap: torch.Tensor      # (B, D, h, w): the feature layer's output, read through its layout
+
+
+def capture_features(model: nn.Module, x: torch.Tensor, feature_layer: LayerSpec = None, *,
+                     probe: bool = False) -> Capture:
+    """One forward pass of `model` on `x`, and the feature map its feature layer outputs during
+    that pass (a forward hook, removed afterwards).
+
+    The layer is `feature_layer` (module name or module), else the model's `anm_feature_layer`,
+    else the one found automatically by an extra pass on `x` (see `find_feature_layer`), cached
+    per model. Gradients flow as in model(x). probe=True looks without changing anything: the
+    pass runs on the unwrapped model in eval mode without gradient, and every submodule's mode
+    is restored afterwards (feature shapes, plots)."""
+    inner = unwrap_model(model)
+    name, layer = _feature_layer(inner, feature_layer, x)
+    captured: List = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        if probe:
+            with _eval_no_grad(inner):
+                logits = inner(x)
         else:
-            name, layer = resolved
-            logits, out = _forward_capturing(inner, layer, x)
-            layout = _layout_of(inner, name, layer, out)
-    return logits, name, _check_fmap(name, out, x.shape[0], layout)
+            logits = model(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError("the feature layer did not run during the model's forward pass")
+    raw = captured[-1]
+    layout = _layout_of(inner, name, layer, raw)
+    return Capture(logits, name, _check_fmap(name, raw, x.shape[0], layout))
+
+
+def _feature_layer(inner: nn.Module, feature_layer: LayerSpec, x: torch.Tensor, *,
+                   announce: bool = False) -> Tuple[str, nn.Module]:
+    """(name, module) of the feature layer; a layer found automatically is cached per model and,
+    with `announce`, reported (a FeatureLayerWarning and a log line, for masked_forward's user).
+    Discovery runs its own pass without gradient on the inner module (eval mode, restored):
+    discovering inside a training forward would hold every module's output for the backward
+    pass, and a compiled model's in-place ops then break it."""
+    resolved = _resolve_layer(inner, feature_layer)
+    if resolved is not None:
+        return resolved
+    with _eval_no_grad(inner):
+        _, name, layout, out = _discovering_forward(inner, x)
+    _DISCOVERED[inner] = (name, layout)
+    layer = inner.get_submodule(name)
+    if announce:
+        message = (f"anm_fast: using {type(layer).__name__} {name!r} (output "
+                   f"{tuple(out.shape[1:])}, read as {layout.kind}) of {type(inner).__name__} "
+                   f"as the feature layer; pass feature_layer= to choose another")
+        logger.info(message)
+        warnings.warn(message, FeatureLayerWarning, stacklevel=3)
+    return name, layer
 
 
 @contextlib.contextmanager
@@ -361,7 +396,7 @@ def _early_checks(x, targets, quality, num_classes) -> None:
 
 
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Spec stage 4: mean squared error of each half (max-erased, min-erased) to x, summed."""
+    """Step 4's reconstruction loss: mean squared error of each half (max-erased, min-erased) to x, summed."""
     B = x.shape[0]
     if recon.shape[0] != 2 * B or recon.shape[1:] != x.shape[1:]:
         raise ValueError(f"the decoder must map the erased feature maps to images of shape "
@@ -384,7 +419,7 @@ def masked_forward(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, qua
     targets:   (B, N) soft targets or (B,) class indices.
     quality:   (B,) label quality in [0, 1] (1 = clean), or one number for the whole batch.
     feature_layer: module name or module; None = model.anm_feature_layer or automatic.
-    decoder:   maps the erased feature maps (2B, K, h, w) to (2B, C, H, W); None skips stage 4.
+    decoder:   maps the erased feature maps (2B, K, h, w) to (2B, C, H, W); None skips the reconstruction.
     config, seed, sample_ids: as in anm_mask (seed=None draws from torch's generator).
     num_classes: only checks the targets' width early; N is read from the logits.
     loss_fn:   loss_fn(logits, soft_targets) -> scalar, for both the clean and the erased loss;
@@ -395,26 +430,8 @@ def masked_forward(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, qua
     _early_checks(x, targets, quality, num_classes)
     B = x.shape[0]
     inner = unwrap_model(model)
-    resolved = _resolve_layer(inner, feature_layer)
-    if resolved is None:
-        # First call on this model: find the layer with one extra forward pass without gradient
-        # on the inner module (eval mode, restored), then run the step as for a named layer.
-        # Discovering inside the step's own forward would hold every module's output for the
-        # backward pass, and a compiled model's in-place ops then break it.
-        with _eval_no_grad(inner):
-            _, name, layout, out = _discovering_forward(inner, x)
-        _DISCOVERED[inner] = (name, layout)
-        layer = inner.get_submodule(name)
-        message = (f"anm_fast: using {type(layer).__name__} {name!r} (output "
-                   f"{tuple(out.shape[1:])}, read as {layout.kind}) of {type(inner).__name__} "
-                   f"as the feature layer; pass feature_layer= to choose another")
-        logger.info(message)
-        warnings.warn(message, FeatureLayerWarning, stacklevel=2)
-    else:
-        name, layer = resolved
-    logits, raw = _forward_capturing(model, layer, x)
-    layout = _layout_of(inner, name, layer, raw)
-    fmap = _check_fmap(name, raw, B, layout)
+    name, _ = _feature_layer(inner, feature_layer, x, announce=True)
+    logits, _, fmap = capture_features(model, x, name)
     _warn_if_1x1(inner, name, fmap, x)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != B:
         raise ValueError(f"the model must return (B, N) logits, got "
@@ -423,8 +440,7 @@ def masked_forward(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, qua
     soft = _soft_targets(targets, n, B)
     mask = anm_mask(x, fmap, soft, quality, config=config, seed=seed, sample_ids=sample_ids)
 
-    logits_erased, fmap_erased = _forward_capturing(model, layer, mask.erased)
-    fmap_erased = _check_fmap(name, fmap_erased, 2 * B, layout)
+    logits_erased, _, fmap_erased = capture_features(model, mask.erased, name)
 
     loss_fn = soft_cross_entropy if loss_fn is None else loss_fn
     targets_erased = mask.targets.repeat(2, 1)

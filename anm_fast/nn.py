@@ -1,8 +1,8 @@
 """Modules for ANM: the reconstruction decoder and `ANM`, a module owning model + decoder.
 
 `ReconstructionDecoder.for_shapes((K, h, w), (C, H, W))` builds the released design: three
-transposed convolutions with no non-linearity between them (spec stage 4), sized so that any
-feature map shape lands exactly on the image shape.
+transposed convolutions with no non-linearity between them (README, "What is computed, exactly",
+step 4), sized so that any feature map shape lands exactly on the image shape.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from . import _checks as chk
 from .config import ANMConfig
-from .masked import MaskedOutput, masked_forward, probe_feature_layer, unwrap_model
+from .masked import MaskedOutput, capture_features, masked_forward, unwrap_model
 
 __all__ = ["ReconstructionDecoder", "ANM"]
 
@@ -165,14 +165,13 @@ class ANM(nn.Module):
         if param is not None:
             self.decoder.to(param.device)
 
-    @torch.no_grad()
     def _probe(self, feature_layer):
         inner = unwrap_model(self.model)
         param = next(inner.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         x = torch.zeros((2,) + self.image_shape, device=device, dtype=dtype)
-        logits, name, fmap = probe_feature_layer(inner, x, feature_layer)
+        logits, name, fmap = capture_features(inner, x, feature_layer, probe=True)
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"the model returns logits of shape {tuple(logits.shape)}, expected "
                              f"(B, {self.num_classes})")

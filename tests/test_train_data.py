@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from anm_fast.train import data as D
+from anm_fast.train.augment import augment
+from anm_fast.train.label_files import load_label_file
 from anm_fast.train.cli import main, settings_from, build_parser
 
 
@@ -90,25 +92,25 @@ def test_image_folder_and_label_list(tmp_path):
     # Clothing1M-style "<path> <label>" list, in any order
     lst = tmp_path / "noisy.txt"
     lst.write_text("\n".join(f"{f} {1 - int(f.startswith('dog'))}" for f in reversed(files)))
-    y = D.load_label_file(str(lst), None, n=6, num_classes=2, train_files=b.train_files)
+    y = load_label_file(str(lst), None, n=6, num_classes=2, train_files=b.train_files)
     assert y.tolist() == [1, 1, 1, 0, 0, 0]
     # one label per line, training order
     lst2 = tmp_path / "plain.txt"
     lst2.write_text("0\n1\n0\n1\n0\n1\n")
-    assert D.load_label_file(str(lst2), None, n=6, num_classes=2).tolist() == [0, 1] * 3
+    assert load_label_file(str(lst2), None, n=6, num_classes=2).tolist() == [0, 1] * 3
 
 
 def test_label_file_errors(tmp_path):
     p = tmp_path / "short.txt"
     p.write_text("0\n1\n")
     with pytest.raises(ValueError, match="2 labels but the training set has 6"):
-        D.load_label_file(str(p), None, n=6, num_classes=2)
+        load_label_file(str(p), None, n=6, num_classes=2)
     p2 = tmp_path / "range.npy"
     np.save(p2, np.array([0, 1, 2, 1, 0, 5]))
     with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
-        D.load_label_file(str(p2), None, n=6, num_classes=2)
+        load_label_file(str(p2), None, n=6, num_classes=2)
     with pytest.raises(FileNotFoundError):
-        D.load_label_file(str(tmp_path / "missing.pt"), None, n=6, num_classes=2)
+        load_label_file(str(tmp_path / "missing.pt"), None, n=6, num_classes=2)
 
 
 def test_cifar_n_label_file(tmp_path):
@@ -119,18 +121,18 @@ def test_cifar_n_label_file(tmp_path):
          "aggre_label": rng.integers(0, 10, 50)}
     path = tmp_path / "CIFAR-10_human.pt"
     torch.save(d, path)
-    y = D.load_label_file(str(path), "worse_label", n=50, num_classes=10)
+    y = load_label_file(str(path), "worse_label", n=50, num_classes=10)
     assert (y == d["worse_label"]).all()
     with pytest.raises(ValueError, match="several label lists"):
-        D.load_label_file(str(path), None, n=50, num_classes=10)
+        load_label_file(str(path), None, n=50, num_classes=10)
     with pytest.raises(ValueError, match="no label list 'noisy_label'"):
-        D.load_label_file(str(path), "noisy_label", n=50, num_classes=10)
+        load_label_file(str(path), "noisy_label", n=50, num_classes=10)
     # a tensor-valued dict and an .npz work too
     torch.save({"noisy_label": torch.as_tensor(d["aggre_label"])}, tmp_path / "t.pt")
-    assert (D.load_label_file(str(tmp_path / "t.pt"), None, n=50, num_classes=10)
+    assert (load_label_file(str(tmp_path / "t.pt"), None, n=50, num_classes=10)
             == d["aggre_label"]).all()
     np.savez(tmp_path / "l.npz", worse_label=d["worse_label"])
-    assert (D.load_label_file(str(tmp_path / "l.npz"), "worse_label", n=50, num_classes=10)
+    assert (load_label_file(str(tmp_path / "l.npz"), "worse_label", n=50, num_classes=10)
             == d["worse_label"]).all()
 
 
@@ -140,7 +142,7 @@ def test_noisy_dataset_triples_and_augment():
     x, y, i = ds[5]
     assert x.shape == (1, 8, 8) and int(y) == b.y_train[5] and i == 5
     g = torch.Generator().manual_seed(0)
-    xa = D.augment(b.x_train[:16], g, pad=1, flip=False)
+    xa = augment(b.x_train[:16], g, pad=1, flip=False)
     assert xa.shape == (16, 1, 8, 8)
     # a translation moves pixels but keeps the image's content otherwise
     assert not torch.equal(xa, b.x_train[:16])

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anm_fast.train import data as D
+from anm_fast.train.label_files import load_label_file
 
 N, C = 12, 10
 GOOD = np.arange(N) % C
@@ -115,7 +116,7 @@ def test_bad_label_file_is_a_clear_error(tmp_path, case):
     _, name, content, key, fragment = case
     path = write(tmp_path / name, content)
     with pytest.raises(ValueError) as info:
-        D.load_label_file(path, key, n=N, num_classes=C)
+        load_label_file(path, key, n=N, num_classes=C)
     msg = str(info.value)
     assert path in msg, msg  # names the file
     assert fragment in msg, msg
@@ -124,7 +125,7 @@ def test_bad_label_file_is_a_clear_error(tmp_path, case):
 def test_missing_and_folder_label_paths(tmp_path):
     for p in (str(tmp_path / "nope.npy"), str(tmp_path), "", None):
         with pytest.raises(FileNotFoundError, match="noisy label file not found"):
-            D.load_label_file(p, None, n=N, num_classes=C)
+            load_label_file(p, None, n=N, num_classes=C)
 
 
 def test_special_files_say_what_they_are(tmp_path):
@@ -135,9 +136,9 @@ def test_special_files_say_what_they_are(tmp_path):
     zero.symlink_to("/dev/zero")
     for path, kind in ((fifo, "a FIFO (named pipe)"), (zero, "a character device")):
         with pytest.raises(ValueError, match=re.escape(f"{path}: {kind}, not a label file")):
-            D.load_label_file(str(path), None, n=N, num_classes=C)
+            load_label_file(str(path), None, n=N, num_classes=C)
     with pytest.raises(FileNotFoundError, match="is a folder"):
-        D.load_label_file(str(tmp_path), None, n=N, num_classes=C)
+        load_label_file(str(tmp_path), None, n=N, num_classes=C)
 
 
 def test_good_files_in_every_format_give_the_same_labels(tmp_path):
@@ -148,7 +149,7 @@ def test_good_files_in_every_format_give_the_same_labels(tmp_path):
              write(tmp_path / "a.pt", pt_bytes({"k": torch.as_tensor(GOOD)})),
              write(tmp_path / "b.npy", npy_bytes(GOOD.astype(np.float32)))]  # integral floats
     for f in files:
-        out = D.load_label_file(f, "k" if f.endswith((".npz", ".pt")) else None, n=N,
+        out = load_label_file(f, "k" if f.endswith((".npz", ".pt")) else None, n=N,
                                 num_classes=C)
         assert out.dtype == np.int64 and np.array_equal(out, GOOD), f
 
@@ -156,7 +157,7 @@ def test_good_files_in_every_format_give_the_same_labels(tmp_path):
 def _outcome(path, key=None):
     """The loader's answer: a checked label array, or a clear error naming the file."""
     try:
-        out = D.load_label_file(path, key, n=N, num_classes=C)
+        out = load_label_file(path, key, n=N, num_classes=C)
     except ValueError as e:
         assert path in str(e), str(e)
         return None

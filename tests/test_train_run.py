@@ -48,7 +48,7 @@ def test_resume_gives_identical_weights(tmp_path, method, hp):
     assert out["complete"] is False
     assert _weights(part, method)["epoch"] == 2
     if hp.get("loss_history"):  # the history is checkpointed: one loss vector per ANM epoch
-        assert len(_weights(part, method)["method"]["extra"]["history"]["epochs"]) == 1
+        assert len(_weights(part, method)["method"]["histories"][0]["epochs"]) == 1
     run(settings([method], 4, **hp), part)  # picks up the checkpoint of epoch 2
     a, b = _weights(full, method), _weights(part, method)
     assert b["epoch"] == 4

@@ -22,7 +22,7 @@ from ..models import MODELS, check_model_name
 from .data import DATASETS
 from .errors import EXPECTED_ERRORS, one_line
 from .loop import LABEL_ISSUES, Settings, resolved_hp, run
-from .methods import METHODS
+from .methods import METHODS, get_method
 from .noise import SYNTHETIC, parse_noise
 from .presets import COMMON, PRESETS, anm_config
 from .recipes import RECIPES, recipe_hp
@@ -379,7 +379,7 @@ def resolved_config(s: Settings, recipe: Optional[str]) -> Dict:
     for m in s.methods:
         hp = _hp_for(s, m, kind)
         out["hyper_parameters"][m] = hp
-        if m in ("anm", "dividemix-anm"):
+        if get_method(m).uses_anm:
             out["anm_config"][m] = dataclasses.asdict(anm_config(hp))
     return out
 

@@ -8,7 +8,7 @@ What each rank does (the README section on torchrun has the user-facing version)
   shared generator and takes its slice of each global batch (`shard`), so a sample's id, and hence
   its ANM mask (keyed by seed and sample id), does not depend on which rank sees it. The
   per-step ANM seed comes from the same shared stream; augmentation draws are counter-based,
-  keyed by (seed, epoch, sample id) (`data.augment_keyed`), so a sample's crop and flip do not
+  keyed by (seed, epoch, sample id) (`augment.augment_keyed`), so a sample's crop and flip do not
   depend on the rank either; MixUp pairings come from a per-rank generator (`local_generator`).
 - Gradients: averaged over ranks by an optimiser step pre-hook (`average_gradients_on_step`)
   rather than a DistributedDataParallel wrapper: masked_forward runs the network twice per step
@@ -16,11 +16,11 @@ What each rank does (the README section on torchrun has the user-facing version)
   one-forward-one-backward contract; averaging after backward is the same arithmetic without
   DDP's communication overlap. Checkpoints therefore always hold the plain, unwrapped model.
 - BatchNorm: by default (`sync_bn=True`) batch statistics cover the global batch (SyncBatchNorm on
-  GPUs, `global_bn.GlobalBatchNorm` on CPU), so a step normalises exactly the samples a single
-  process with the same global batch would. With `sync_bn=False` each rank normalises its own
-  slice (as DDP does). Either way the running statistics are averaged over ranks at the end of
-  every epoch (`average_bn_buffers`), so evaluation and the label-quality pass see the same model
-  on every rank.
+  GPUs, `global_bn.GlobalBatchNorm` on CPU; `global_bn.sync_batch_norm` converts a network), so a
+  step normalises exactly the samples a single process with the same global batch would. With
+  `sync_bn=False` each rank normalises its own slice (as DDP does). Either way the running
+  statistics are averaged over ranks at the end of every epoch (`average_bn_buffers`), so
+  evaluation and the label-quality pass see the same model on every rank.
 - Batch-level terms of a loss (ANM's prior penalty on the mean prediction) use `global_mean`,
   the mean over the global batch, for the same reason.
 - Label quality: each rank computes per-sample losses on its share of the training set and
@@ -196,19 +196,6 @@ def average_bn_buffers(nets: List[torch.nn.Module]) -> None:
                     if buf is not None:
                         td.all_reduce(buf)
                         buf /= w
-
-
-def convert_sync_bn(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """BatchNorm with batch statistics over the global batch: PyTorch's SyncBatchNorm on GPUs,
-    `global_bn.GlobalBatchNorm` elsewhere (SyncBatchNorm refuses CPU tensors). No-op when not
-    distributed."""
-    if world() == 1:
-        return net
-    if device.type == "cuda":
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    from .global_bn import convert
-
-    return convert(net)
 
 
 class _AllReduceSum(torch.autograd.Function):

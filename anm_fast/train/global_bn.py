@@ -77,3 +77,13 @@ def convert(module: nn.Module) -> nn.Module:
         if new_child is not child:
             setattr(module, name, new_child)
     return module
+
+
+def sync_batch_norm(net: nn.Module, device: torch.device) -> nn.Module:
+    """`net` with batch statistics over the global batch: PyTorch's SyncBatchNorm on GPUs,
+    GlobalBatchNorm elsewhere (SyncBatchNorm refuses CPU tensors). No-op when not distributed."""
+    if world() == 1:
+        return net
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return convert(net)

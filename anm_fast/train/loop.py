@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -165,125 +165,177 @@ def train_one(run_dir: str, data: DataBundle, labels: NoisyLabels, method_name: 
         # small CPU models on a busy machine run faster on 1 thread than on contended 2
         torch.set_num_threads(int(hp["threads"]))
     try:
-        return _train_one(run_dir, data, labels, method_name, seed, hp, device, s,
+        return _train_one(_Run(run_dir, data, labels, method_name, seed, hp, device, s),
                           stop_after=stop_after, on_checkpoint=on_checkpoint)
     finally:
         torch.set_num_threads(threads)  # the caller's process (e.g. a test session) is left as is
 
 
-def _train_one(run_dir, data, labels, method_name, seed, hp, device, s, *, stop_after,
-               on_checkpoint):
-    os.makedirs(run_dir, exist_ok=True)
-    ckpt_path = os.path.join(run_dir, ckpt.CHECKPOINT)
-    gpu = device.type == "cuda"
-    torch.manual_seed(seed)  # model initialisation
-    ctx = Context(data=data, y_noisy=torch.as_tensor(labels.noisy, dtype=torch.int64).to(device),
-                  hp=hp, device=device, seed=seed, noise_kind=parse_noise(s.noise)[0],
-                  noise_rate=s.noise_rate, amp=gpu and hp.get("amp", True),
-                  channels_last=gpu and hp.get("channels_last", True))
-    method = get_method(method_name)(ctx)
-    if gpu and hp.get("compile"):
-        for net in method.nets():
-            net.compile()
-    start, saved_rows = 0, None
-    identity = ckpt.run_identity(s, method_name, seed, hp, data)
-    state = ckpt.load_latest(run_dir, quiet=not dist.is_main(), identity=identity)
-    if state is not None:
-        if state["method_name"] != method_name:
-            raise ValueError(f"{ckpt_path} belongs to method {state['method_name']!r}")
-        method.load_state_dict(state["method"])
-        if method.quality is not None:
-            method.quality = method.quality.to(device)
-        if hasattr(method, "probs"):  # DivideMix's co-divide posteriors
-            method.probs = [p.to(device) if p is not None else None for p in method.probs]
-        ckpt.set_rng_state(state["rng"])
-        start, saved_rows = int(state["epoch"]), state.get("metrics")
-    main = dist.is_main()
-    if state is not None and main:
-        print(f"[{method_name} seed {seed}] resuming at epoch {start + 1} of {hp['epochs']} "
-              f"from {ckpt_path}", file=sys.stderr)
-    log = reporting.MetricsLog(os.path.join(run_dir, "metrics.jsonl"), resume_epoch=start,
-                               saved_rows=saved_rows) if main else None
-    truth = truth_known(s, data)
-    is_clean = labels.noisy == data.y_train
-    epochs = int(hp["epochs"])
-    best_acc = max([r["test_acc"] for r in log.rows() if r.get("test_acc") is not None] or [0.0]) \
-        if main else 0.0
-    warned = False
-    for epoch in range(start, epochs):
-        t0 = time.time()
-        bar = None
-        method.begin_epoch(epoch)
-        if s.progress and main and sys.stderr.isatty():  # a bar in a redirected log is noise
-            from tqdm.auto import tqdm
+@dataclass
+class _Run:
+    """One (method, seed) run: what each step of its epoch loop reads."""
 
-            bar = tqdm(total=method.iterations(epoch), leave=False, file=sys.stderr,
-                       desc=f"{method_name} seed {seed} epoch {epoch + 1}/{epochs}")
-        try:
-            lr = method.lr()
-            stats = method.train_epoch(epoch, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        method.end_epoch()
-        dist.average_bn_buffers(method.all_modules())  # same model on every rank from here on
-        every = int(hp.get("eval_every") or 1)  # CPU measurements: test every k-th epoch
-        acc = evaluate(method, data, device) if (epoch + 1) % every == 0 or \
-            epoch + 1 == epochs else None
-        row = {"epoch": epoch, "test_acc": acc, "lr": lr, "seconds": round(time.time() - t0, 3)}
-        if method.quality is not None and truth:
-            row["quality_auc"] = reporting.roc_auc(is_clean, method.quality.cpu().numpy())
-        row.update({k: float(v) for k, v in stats.items()})
+    dir: str
+    data: DataBundle
+    labels: NoisyLabels
+    method_name: str
+    seed: int
+    hp: Dict
+    device: torch.device
+    s: Settings
+
+    def __post_init__(self):
+        self.epochs = int(self.hp["epochs"])
+        self.truth = truth_known(self.s, self.data)
+        self.is_clean = self.labels.noisy == self.data.y_train
+        self.tag = f"[{self.method_name} seed {self.seed}]"
+        self.checkpoint = os.path.join(self.dir, ckpt.CHECKPOINT)
+
+
+def _train_one(r: _Run, *, stop_after, on_checkpoint):
+    os.makedirs(r.dir, exist_ok=True)
+    method = _build_method(r)
+    identity = ckpt.run_identity(r.s, r.method_name, r.seed, r.hp, r.data)
+    start, saved_rows = _restore(r, method, identity)
+    main = dist.is_main()
+    log = reporting.MetricsLog(os.path.join(r.dir, "metrics.jsonl"), resume_epoch=start,
+                               saved_rows=saved_rows) if main else None
+    best_acc = max([row["test_acc"] for row in log.rows() if row.get("test_acc") is not None]
+                   or [0.0]) if main else 0.0
+    warned = False
+    for epoch in range(start, r.epochs):
+        row = _train_epoch(r, method, epoch)
         if main:
             log.write(row)
-        if main:
-            best_acc, warned = _collapse_warning(method_name, seed, epoch, acc, best_acc, hp,
-                                                 data.num_classes, warned)
-            extra = f"  quality AUC {row['quality_auc']:.3f}" if "quality_auc" in row else ""
-            shown = "-" if acc is None else f"{100 * acc:.2f}%"
-            print(f"[{method_name} seed {seed}] epoch {epoch + 1}/{epochs}  test acc "
-                  f"{shown}{extra}  ({row['seconds']:.1f}s)", file=sys.stderr)
-        state = {"epoch": epoch + 1, "method_name": method_name, "seed": seed, "hp": _plain(hp),
-                 "method": method.state_dict(), "rng": ckpt.rng_state(), "identity": identity,
-                 "metrics": log.rows() if main else []}  # metrics: rebuilds a torn log
-        if on_checkpoint is not None:
-            on_checkpoint(epoch + 1)
-        if main:
-            ckpt.save_atomic(state, ckpt_path)
-        dist.barrier()  # no rank reads or outruns a checkpoint that is not whole yet
-        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
+            best_acc, warned = _collapse_warning(r.method_name, r.seed, epoch, row["test_acc"],
+                                                 best_acc, r.hp, r.data.num_classes, warned)
+            _print_epoch(r, epoch, row)
+        _save_checkpoint(r, method, epoch, identity, log, on_checkpoint)
+        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < r.epochs:
             return None
         preempt.check()  # a signal during evaluation or the write: stop on this checkpoint
+    return _finish(r, method, log)
+
+
+def _build_method(r: _Run):
+    """The run's method, its networks initialised from the run's seed."""
+    gpu = r.device.type == "cuda"
+    torch.manual_seed(r.seed)  # model initialisation
+    ctx = Context(data=r.data, y_noisy=torch.as_tensor(r.labels.noisy, dtype=torch.int64).to(
+                      r.device), hp=r.hp, device=r.device, seed=r.seed,
+                  noise_kind=parse_noise(r.s.noise)[0], noise_rate=r.s.noise_rate,
+                  amp=gpu and r.hp.get("amp", True),
+                  channels_last=gpu and r.hp.get("channels_last", True))
+    method = get_method(r.method_name)(ctx)
+    if gpu and r.hp.get("compile"):
+        for net in method.nets():
+            net.compile()
+    return method
+
+
+def _restore(r: _Run, method, identity) -> Tuple[int, Optional[List[Dict]]]:
+    """Load the run's newest checkpoint into `method` and the random generators:
+    (first epoch to train, the saved metrics rows); (0, None) when there is none."""
+    state = ckpt.load_latest(r.dir, quiet=not dist.is_main(), identity=identity)
+    if state is None:
+        return 0, None
+    if state["method_name"] != r.method_name:
+        raise ValueError(f"{r.checkpoint} belongs to method {state['method_name']!r}")
+    method.load_state_dict(state["method"])
+    ckpt.set_rng_state(state["rng"])
+    start = int(state["epoch"])
+    if dist.is_main():
+        print(f"{r.tag} resuming at epoch {start + 1} of {r.hp['epochs']} from {r.checkpoint}",
+              file=sys.stderr)
+    return start, state.get("metrics")
+
+
+def _train_epoch(r: _Run, method, epoch: int) -> Dict:
+    """Train one epoch, then evaluate (every eval_every-th epoch and the last); its metrics row."""
+    t0 = time.time()
+    method.begin_epoch(epoch)
+    bar = None
+    if r.s.progress and dist.is_main() and sys.stderr.isatty():  # a bar in a log is noise
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=method.iterations(epoch), leave=False, file=sys.stderr,
+                   desc=f"{r.method_name} seed {r.seed} epoch {epoch + 1}/{r.epochs}")
+    try:
+        lr = method.lr()
+        stats = method.train_epoch(epoch, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    method.end_epoch()
+    dist.average_bn_buffers(method.all_modules())  # same model on every rank from here on
+    every = int(r.hp.get("eval_every") or 1)  # CPU measurements: test every k-th epoch
+    acc = evaluate(method, r.data, r.device) if (epoch + 1) % every == 0 or \
+        epoch + 1 == r.epochs else None
+    row = {"epoch": epoch, "test_acc": acc, "lr": lr, "seconds": round(time.time() - t0, 3)}
+    if method.quality is not None and r.truth:
+        row["quality_auc"] = reporting.roc_auc(r.is_clean, method.quality.cpu().numpy())
+    row.update({k: float(v) for k, v in stats.items()})
+    return row
+
+
+def _print_epoch(r: _Run, epoch: int, row: Dict) -> None:
+    extra = f"  quality AUC {row['quality_auc']:.3f}" if "quality_auc" in row else ""
+    acc = row["test_acc"]
+    shown = "-" if acc is None else f"{100 * acc:.2f}%"
+    print(f"{r.tag} epoch {epoch + 1}/{r.epochs}  test acc {shown}{extra}  "
+          f"({row['seconds']:.1f}s)", file=sys.stderr)
+
+
+def _save_checkpoint(r: _Run, method, epoch: int, identity, log, on_checkpoint) -> None:
+    main = dist.is_main()
+    state = {"epoch": epoch + 1, "method_name": r.method_name, "seed": r.seed,
+             "hp": _plain(r.hp), "method": method.state_dict(), "rng": ckpt.rng_state(),
+             "identity": identity,
+             "metrics": log.rows() if main else []}  # metrics: rebuilds a torn log
+    if on_checkpoint is not None:
+        on_checkpoint(epoch + 1)
+    if main:
+        ckpt.save_atomic(state, r.checkpoint)
+    dist.barrier()  # no rank reads or outruns a checkpoint that is not whole yet
+
+
+def _finish(r: _Run, method, log) -> Dict:
+    """The finished run's files: result.json, label_issues.csv and the plots; its summary."""
     q = method.final_quality().detach().float().cpu().numpy()
     if dist.world() > 1:
         # every rank's own quality vector, so a test (or a user) can check they agree
-        np.save(os.path.join(run_dir, f"quality.rank{dist.rank()}.npy"), q)
-    if not main:
-        return {"method": method_name, "seed": seed, "rank": dist.rank()}
+        np.save(os.path.join(r.dir, f"quality.rank{dist.rank()}.npy"), q)
+    if not dist.is_main():
+        return {"method": r.method_name, "seed": r.seed, "rank": dist.rank()}
     summary = reporting.summarise(log.rows())
-    summary.update(method=method_name, seed=seed)
-    issues = label_issues(labels.noisy, quality=np.clip(q, 0.0, 1.0), probs=train_probs(method),
+    summary.update(method=r.method_name, seed=r.seed)
+    data = r.data
+    issues = label_issues(r.labels.noisy, quality=np.clip(q, 0.0, 1.0), probs=train_probs(method),
                           paths=getattr(data, "train_files", None),
-                          true_labels=data.y_train if truth else None,
+                          true_labels=data.y_train if r.truth else None,
                           class_names=_names(data))
-    issues.write_csv(os.path.join(run_dir, LABEL_ISSUES))
+    issues.write_csv(os.path.join(r.dir, LABEL_ISSUES))
     summary["label_issues"] = issues.summary()
-    if truth:
-        summary.update(realised_noise_rate=labels.realised_rate,
-                       quality_auc=reporting.roc_auc(is_clean, q))
-    reporting.write_json(os.path.join(run_dir, "result.json"), summary)
-    if s.plots:
-        try:
-            if truth:
-                reporting.plot_quality_hist(q, is_clean, os.path.join(run_dir, "quality_hist.png"),
-                                            f"{method_name}, seed {seed}: label quality")
-            reporting.plot_label_issues(issues, data.x_train, os.path.join(run_dir,
-                                        "label_issues.png"), mean=data.mean, std=data.std)
-            if method.uses_anm:
-                gallery(method, data, labels, q, os.path.join(run_dir, "gallery.png"))
-        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
-            print(f"warning: plots failed: {e}", file=sys.stderr)
+    if r.truth:
+        summary.update(realised_noise_rate=r.labels.realised_rate,
+                       quality_auc=reporting.roc_auc(r.is_clean, q))
+    reporting.write_json(os.path.join(r.dir, "result.json"), summary)
+    if r.s.plots:
+        _plots(r, method, q, issues)
     return summary
+
+
+def _plots(r: _Run, method, q: np.ndarray, issues) -> None:
+    try:
+        if r.truth:
+            reporting.plot_quality_hist(q, r.is_clean, os.path.join(r.dir, "quality_hist.png"),
+                                        f"{r.method_name}, seed {r.seed}: label quality")
+        reporting.plot_label_issues(issues, r.data.x_train, os.path.join(r.dir,
+                                    "label_issues.png"), mean=r.data.mean, std=r.data.std)
+        if method.uses_anm:
+            gallery(method, r.data, r.labels, q, os.path.join(r.dir, "gallery.png"))
+    except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+        print(f"warning: plots failed: {e}", file=sys.stderr)
 
 
 LABEL_ISSUES = "label_issues.csv"
@@ -302,7 +354,7 @@ def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: 
     activation energy and the two boxes (red: around the activation peak, blue: around the
     minimum); lower quality means larger boxes."""
     from ..api import anm_mask
-    from .methods.anm_parts import feature_map
+    from ..masked import capture_features
     from .presets import anm_config
 
     net = method.nets()[0]
@@ -310,7 +362,7 @@ def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: 
     idx = torch.as_tensor(np.concatenate([order[: n // 2], order[::-1][: n - n // 2]]),
                           dtype=torch.int64)
     x = data.x_train[idx].to(method.ctx.device).float()
-    fmap = feature_map(net, x).float()
+    fmap = capture_features(net, x, probe=True).fmap.float()
     qb = torch.as_tensor(q[idx.numpy()], dtype=torch.float32, device=x.device).clamp(0, 1)
     labels_t = torch.as_tensor(labels.noisy[idx.numpy()], device=x.device)
     mb = anm_mask(x.contiguous(), fmap.contiguous(), labels_t, qb,

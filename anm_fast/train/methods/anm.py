@@ -1,18 +1,17 @@
 """ANM on a single network (no co-training): the lightest way to use the regulariser.
 
 After a cross-entropy warm-up, every epoch a GMM over per-sample losses gives each training sample
-a label quality q (spec stage 5). Each step trains on refined targets q * y + (1 - q) *
-sharpen(p) (p: the network's current prediction on the same images), and masked_forward adds the
-max- and min-erased copies of those images with the refined targets modulated, plus the
-reconstruction loss. Refinement matters: on hard noisy labels the erased copies alone do not help
-(the quick digits prototype that motivated this method showed it).
+a label quality q (README, "What is computed, exactly"). Each step trains on refined targets
+q * y + (1 - q) * sharpen(p) (p: the network's current prediction on the same images), and
+masked_forward adds the max- and min-erased copies of those images with the refined targets
+modulated, plus the reconstruction loss. Refinement matters: on hard noisy labels the erased
+copies alone do not help (the quick digits prototype that motivated this method showed it).
 """
 from __future__ import annotations
 
 import torch
 
-from .. import distributed as dist
-from .anm_parts import ablated_loss, make_decoder, masked, wants_decoder
+from .anm_parts import ablated_loss, masked
 from .base import Method, sharpen
 
 
@@ -22,28 +21,14 @@ class ANM(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        from ..presets import anm_config
+        (self.net,) = self.build_branches(1)
 
-        self.anm_cfg = anm_config(self.hp)
-        self.net = self.build_net()
-        self.decoder = make_decoder(self, self.net) if wants_decoder(self) else None
-        params = list(self.net.parameters())
-        if self.decoder is not None:
-            params += list(self.decoder.parameters())
-        opt, sched = self.build_opt(params)
-        self.opts, self.scheds = [opt], [sched]
-        self.history = None
-        if self.hp.get("loss_history"):
-            from ...quality import LossHistory
-
-            self.history = LossHistory(5)
+    @property
+    def decoder(self):
+        return self.decoder_of(0)
 
     def nets(self):
         return [self.net]
-
-    def iterations(self, epoch):
-        bs = self.hp["batch_size"]
-        return (self.ctx.n + bs - 1) // bs
 
     def train_epoch(self, epoch, bar=None):
         hp = self.hp
@@ -55,8 +40,7 @@ class ANM(Method):
                 if bar is not None:
                     bar.update(1)
             return {"loss": sum(losses) / max(len(losses), 1)}
-        self.quality = self.clean_posterior(self.net, self.history)
-        N = self.ctx.num_classes
+        self.quality = self.clean_posterior(self.net, self.history_of(0))
         sums = {"loss": 0.0, "clean": 0.0, "erased": 0.0, "recon": 0.0}
         steps = 0
         for idx in self.batches(torch.arange(self.ctx.n), hp["batch_size"]):
@@ -72,10 +56,7 @@ class ANM(Method):
             loss = ablated_loss(self, res, t).float()  # res.loss unless a part is off
             objective = loss * self.slice_weight  # (see Method.batches)
             if hp.get("prior_penalty", True):
-                prior = torch.full((N,), 1.0 / N, device=loss.device)
-                # over the global batch under torchrun: the penalty is not linear in the mean
-                pred_mean = dist.global_mean(res.logits.float().softmax(1))
-                penalty = (prior * (prior / pred_mean).log()).sum()
+                penalty = self.prior_penalty(res.logits)
                 loss, objective = loss + penalty, objective + penalty
             self.opts[0].zero_grad(set_to_none=True)
             objective.backward()
@@ -88,13 +69,3 @@ class ANM(Method):
             if bar is not None:
                 bar.update(1)
         return {k: v / max(steps, 1) for k, v in sums.items()}
-
-    def extra_state(self):
-        return dict(decoder=self.decoder.state_dict() if self.decoder is not None else None,
-                    history=self.history.state_dict() if self.history else None)
-
-    def load_extra_state(self, state):
-        if state.get("decoder") is not None and self.decoder is not None:
-            self.decoder.load_state_dict(state["decoder"])
-        if self.history is not None and state.get("history"):
-            self.history.load_state_dict(state["history"])

@@ -4,40 +4,19 @@ from __future__ import annotations
 import torch
 
 
-def feature_map(net, x: torch.Tensor) -> torch.Tensor:
-    """The output of the model's ANM feature layer for `x`, by one eval-mode, no-grad forward
-    (the model's train/eval mode is restored afterwards)."""
-    layer = net.get_submodule(net.anm_feature_layer)
-    seen = {}
-    def hook(module, inputs, output):  # returns None: a hook's return value replaces the output
-        seen["f"] = output.detach()
-
-    handle = layer.register_forward_hook(hook)
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        handle.remove()
-        net.train(was)
-    return seen["f"]
-
-
-def feature_shape(net, x: torch.Tensor):
-    """(K, h, w) of the model's ANM feature layer for images like `x`."""
-    return tuple(feature_map(net, x).shape[1:])
-
-
 def make_decoder(method, net) -> torch.nn.Module:
+    """A reconstruction decoder for `net`'s feature map (hyper-parameter decoder: auto or sanm),
+    its shape read from one look at two training images."""
+    from ...masked import capture_features
     from ...nn import ReconstructionDecoder
 
     x = method.images(torch.arange(min(2, method.ctx.n)), aug=False)
+    features = tuple(capture_features(net, x, probe=True).fmap.shape[1:])
     kind = method.hp.get("decoder", "auto")
     if kind == "sanm":  # the release's 4 -> 10 -> 15 -> 32 decoder (CIFAR, ResNet-18)
-        dec = ReconstructionDecoder.sanm_cifar(feature_shape(net, x), tuple(x.shape[1:]))
+        dec = ReconstructionDecoder.sanm_cifar(features, tuple(x.shape[1:]))
     elif kind == "auto":
-        dec = ReconstructionDecoder.for_shapes(feature_shape(net, x), tuple(x.shape[1:]))
+        dec = ReconstructionDecoder.for_shapes(features, tuple(x.shape[1:]))
     else:
         raise ValueError(f"unknown decoder {kind!r}: auto or sanm")
     dec = dec.to(method.ctx.device)
@@ -58,17 +37,6 @@ def masked(method, net, decoder, x, targets, quality, sample_ids):
         return masked_forward(net, x, targets, quality.clamp(0, 1).float(), decoder=decoder,
                               config=method.anm_cfg, recon_weight=method.hp["recon_weight"],
                               seed=draw_seed(method), sample_ids=sample_ids.to(x.device))
-
-
-def erased_images(res):
-    """The (2B, C, H, W) erased copies (max-erased then min-erased) of a masked_forward result."""
-    for name in ("mask", "mask_batch", "batch"):
-        m = getattr(res, name, None)
-        if m is not None and hasattr(m, "erased"):
-            return m.erased
-    if hasattr(res, "erased"):
-        return res.erased
-    raise AttributeError("masked_forward's result carries no erased images")
 
 
 # Ablation switches (hyper-parameters, all on by default): which parts of ANM a run keeps.
@@ -93,13 +61,11 @@ def erased_parts(method, res, targets):
     """(erased images, their targets) of a masked_forward result, with the ablation switches
     applied: only the kept copies, and the un-softened `targets` when label softening is off.
     Rows: the kept copies one after the other, each in batch order."""
-    er = erased_images(res).detach()
+    er = res.mask.erased.detach()
     B = len(er) // 2
-    te = res.targets_erased.detach().float()
-    if len(te) == 2 * B:  # targets given per erased copy
-        te = te[:B]
-    if not part_on(method, "anm_soften"):
-        te = targets.detach().float()
+    # the softened targets of one copy (both copies share them), or the targets as given
+    te = res.mask.targets if part_on(method, "anm_soften") else targets
+    te = te.detach().float()
     copies = kept_copies(method)
     if not copies:
         return er[:0], te[:0]

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from .. import preempt
-from ..data import DataBundle, augment_keyed
+from ..augment import augment_keyed
+from ..data import DataBundle
+from ..global_bn import sync_batch_norm
 
 
 @dataclass
@@ -38,7 +40,12 @@ class Context:
 
 
 class Method:
-    """A training method: owns its networks, optimisers, schedulers and random generators."""
+    """A training method: owns its networks, optimisers, schedulers and random generators.
+
+    A method builds its networks with `build_branches` and says what it is through the class
+    attribute `uses_anm` (the ANM config, one reconstruction decoder per network, the gallery
+    plot) and the methods of the interface section; the epoch loop (loop.py) asks for nothing
+    else."""
 
     name = "base"
     uses_anm = False
@@ -56,7 +63,7 @@ class Method:
         # because `gen` must stay identical on every rank to shard one global shuffle.
         self.local_gen = self.gen
         self.slice_weight = 1.0  # set per step by batches()
-        # Augmentation is counter-based (data.augment_keyed): a sample's crop and flip depend on
+        # Augmentation is counter-based (augment.augment_keyed): a sample's crop and flip depend on
         # (seed, epoch, n-th augmenting call of the epoch, sample id), not on the rank or batch
         # position. Every rank makes the same calls per step, so the call count agrees.
         self._aug_epoch = 0
@@ -65,8 +72,46 @@ class Method:
         self._reported_pretrained = False
         self._warming = False
         self._strong = None  # augment_strong.StrongViews, built on first use
+        self.decoders: List[torch.nn.Module] = []   # one per network when ANM reconstructs
+        self.histories = None   # one LossHistory per network under loss_history
+        self.opts, self.scheds = [], []
 
     # -------------------------------------------------------------------------- building blocks
+    def build_branches(self, count: int) -> List[torch.nn.Module]:
+        """`count` networks, each trained by its own optimiser and scheduler. An ANM method also
+        gets its ANM config (`anm_cfg`) and, while the reconstruction part is on, one decoder per
+        network, trained by that network's optimiser; under loss_history each network gets a
+        LossHistory. Every network is built before any decoder: that is the order in which
+        their weights are drawn from torch's generator."""
+        nets = [self.build_net() for _ in range(count)]
+        if self.uses_anm:
+            from ..presets import anm_config
+            from .anm_parts import make_decoder, wants_decoder
+
+            self.anm_cfg = anm_config(self.hp)
+            if wants_decoder(self):  # the reconstruction part (an ablation switch)
+                self.decoders = [make_decoder(self, net) for net in nets]
+        for k, net in enumerate(nets):
+            params = list(net.parameters())
+            if self.decoders:
+                params += list(self.decoders[k].parameters())
+            opt, sched = self.build_opt(params)
+            self.opts.append(opt)
+            self.scheds.append(sched)
+        if self.hp.get("loss_history"):
+            from ...quality import LossHistory
+
+            self.histories = [LossHistory(5) for _ in nets]
+        return nets
+
+    def decoder_of(self, k: int) -> Optional[torch.nn.Module]:
+        """The reconstruction decoder of network k, or None when nothing is reconstructed."""
+        return self.decoders[k] if self.decoders else None
+
+    def history_of(self, k: int):
+        """The LossHistory of network k, or None without loss_history."""
+        return self.histories[k] if self.histories else None
+
     def build_net(self) -> torch.nn.Module:
         from ...models import build_model
 
@@ -95,7 +140,7 @@ class Method:
             net = SoftmaxOutput(net)
         net = net.to(self.ctx.device)
         if self.hp.get("sync_bn"):
-            net = dist.convert_sync_bn(net, self.ctx.device)
+            net = sync_batch_norm(net, self.ctx.device)
         if self.ctx.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return net
@@ -169,7 +214,8 @@ class Method:
 
     @torch.no_grad()
     def train_logits(self, net) -> torch.Tensor:
-        """Logits of every (un-augmented) training image in eval mode: the loss pass of stage 5."""
+        """Logits of every (un-augmented) training image in eval mode: the loss pass of
+        the label quality."""
         was = net.training
         net.eval()
         out = []
@@ -185,8 +231,18 @@ class Method:
         logits = torch.cat(out)
         return logits if mine is None else dist.gather_by_index(logits, self.ctx.n)
 
+    def prior_penalty(self, logits: torch.Tensor) -> torch.Tensor:
+        """KL(uniform || mean prediction) over the batch (the global batch under torchrun: the
+        penalty is not linear in the mean): keeps the predictions from collapsing onto a few
+        classes (DivideMix's penalty, switch prior_penalty)."""
+        N = self.ctx.num_classes
+        prior = torch.full((N,), 1.0 / N, device=logits.device)
+        pred_mean = dist.global_mean(logits.float().softmax(1))
+        return (prior * (prior / pred_mean).log()).sum()
+
     def clean_posterior(self, net, history=None) -> torch.Tensor:
-        """Stage 5: GMM posterior of the low-loss component over per-sample CE on noisy labels."""
+        """Label quality: the GMM posterior of the low-loss component over per-sample CE on the
+        noisy labels."""
         from ...quality import gmm_clean_posterior
 
         losses = F.cross_entropy(self.train_logits(net), self.ctx.y_noisy, reduction="none")
@@ -230,6 +286,11 @@ class Method:
     def train_epoch(self, epoch: int, bar=None) -> Dict[str, float]:
         raise NotImplementedError
 
+    def iterations(self, epoch: int) -> int:
+        """Steps of an epoch (the progress bar's length): one pass over the training set."""
+        bs = self.hp["batch_size"]
+        return (self.ctx.n + bs - 1) // bs
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (eval mode); methods with two networks average them."""
@@ -257,42 +318,41 @@ class Method:
 
     def all_modules(self) -> List[torch.nn.Module]:
         """Networks and decoders: what BatchNorm statistics are averaged over under DDP."""
-        mods = list(self.nets())
-        if getattr(self, "decoder", None) is not None:
-            mods.append(self.decoder)
-        mods += list(getattr(self, "decoders", []) or [])
-        return mods
+        return list(self.nets()) + list(self.decoders)
 
     def lr(self) -> float:
-        return self._opts()[0].param_groups[0]["lr"]
+        return self.opts[0].param_groups[0]["lr"]
 
     def end_epoch(self):
-        for s in self._scheds():
+        for s in self.scheds:
             s.step()
-
-    def _opts(self):
-        return self.opts
-
-    def _scheds(self):
-        return self.scheds
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(
             nets=[n.state_dict() for n in self.nets()],
-            opts=[o.state_dict() for o in self._opts()],
-            scheds=[_sched_state(s.state_dict()) for s in self._scheds()],
+            decoders=[d.state_dict() for d in self.decoders],
+            opts=[o.state_dict() for o in self.opts],
+            scheds=[_sched_state(s.state_dict()) for s in self.scheds],
             gen=self.gen.get_state(),
             np_rng=_np_state_to_tensors(self.np_rng.bit_generator.state),
             quality=self.quality,
+            histories=[h.state_dict() for h in self.histories] if self.histories else None,
             extra=self.extra_state(),
         )
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         for n, s in zip(self.nets(), state["nets"]):
             n.load_state_dict(s)
-        for o, s in zip(self._opts(), state["opts"]):
+        saved = state.get("decoders")
+        if saved is None or len(saved) != len(self.decoders):
+            raise ValueError(f"the checkpoint holds {'no' if saved is None else len(saved)} "
+                             f"reconstruction decoders, this run has {len(self.decoders)} (a "
+                             f"checkpoint of an older anm_fast, or another anm_recon setting)")
+        for d, s in zip(self.decoders, saved):
+            d.load_state_dict(s)
+        for o, s in zip(self.opts, state["opts"]):
             o.load_state_dict(s)
-        for sc, s in zip(self._scheds(), state["scheds"]):
+        for sc, s in zip(self.scheds, state["scheds"]):
             if isinstance(s.get("milestones"), dict):
                 s = dict(s, milestones=collections.Counter(s["milestones"]))
             sc.load_state_dict(s)
@@ -301,10 +361,17 @@ class Method:
                 sc.T_max = max(1, int(self.hp["epochs"]))
         self.gen.set_state(state["gen"])
         self.np_rng.bit_generator.state = _np_state_from_tensors(state["np_rng"])
-        self.quality = state["quality"]
+        q = state["quality"]
+        self.quality = q.to(self.ctx.device) if q is not None else None
+        if self.histories and state.get("histories"):
+            for h, hs in zip(self.histories, state["histories"]):
+                h.load_state_dict(hs)
         self.load_extra_state(state.get("extra") or {})
 
     def extra_state(self) -> Dict[str, Any]:
+        """What a method keeps beyond networks, decoders, optimisers, generators, quality and
+        loss histories (which state_dict holds for every method); tensors go back on the device
+        in load_extra_state."""
         return {}
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:

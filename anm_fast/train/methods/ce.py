@@ -11,9 +11,7 @@ class CE(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.net = self.build_net()
-        opt, sched = self.build_opt(self.net.parameters())
-        self.opts, self.scheds = [opt], [sched]
+        (self.net,) = self.build_branches(1)
 
     def nets(self):
         return [self.net]
@@ -27,7 +25,3 @@ class CE(Method):
             if bar is not None:
                 bar.update(1)
         return {"loss": total / max(count, 1)}
-
-    def iterations(self, epoch):
-        bs = self.hp["batch_size"]
-        return (self.ctx.n + bs - 1) // bs

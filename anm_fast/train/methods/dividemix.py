@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import distributed as dist
 from .base import Method, linear_rampup, sharpen
-from .anm_parts import make_decoder, masked_step_inputs, wants_decoder
+from .anm_parts import masked_step_inputs
 
 
 class DivideMix(Method):
@@ -29,28 +29,8 @@ class DivideMix(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.net1, self.net2 = self.build_net(), self.build_net()
-        self.decoders = []
-        if self.uses_anm:
-            from ..presets import anm_config
-
-            self.anm_cfg = anm_config(self.hp)
-            if wants_decoder(self):  # the reconstruction part (an ablation switch)
-                self.decoders = [make_decoder(self, self.net1), make_decoder(self, self.net2)]
-        self.opts, self.scheds = [], []
-        for i, net in enumerate((self.net1, self.net2)):
-            params = list(net.parameters())
-            if self.decoders:
-                params += list(self.decoders[i].parameters())
-            opt, sched = self.build_opt(params)
-            self.opts.append(opt)
-            self.scheds.append(sched)
-        self.histories = None
-        if self.hp.get("loss_history"):
-            from ...quality import LossHistory
-
-            self.histories = [LossHistory(5), LossHistory(5)]
-        self.probs = [None, None]
+        self.net1, self.net2 = self.build_branches(2)
+        self.probs = [None, None]  # each network's clean posterior (co-divide), on the device
 
     def nets(self):
         return [self.net1, self.net2]
@@ -59,116 +39,135 @@ class DivideMix(Method):
         if epoch < self.hp["warmup"]:
             bs = self.hp["warmup_batch_factor"] * self.hp["batch_size"]
             return 2 * ((self.ctx.n + bs - 1) // bs)
-        return sum(self._num_iter(p) for p in self._splits_estimate())
-
-    def _splits_estimate(self):
-        return [self.probs[1], self.probs[0]]
+        return sum(self._num_iter(p) for p in (self.probs[1], self.probs[0]))
 
     def _num_iter(self, prob):
+        """Steps of one network's next epoch, estimated from the split `prob` would make."""
         if prob is None:
             return self.ctx.n // self.hp["batch_size"] + 1
-        labeled = max(int((prob > self.hp["p_threshold"]).sum()), self.hp["batch_size"])
+        return self._steps(max(int((prob > self.hp["p_threshold"]).sum()), self.hp["batch_size"]))
+
+    def _steps(self, labeled: int) -> int:
+        """Steps of one network's epoch over `labeled` labeled samples: one pass over them
+        (published), or n / B steps cycling them (dm_epoch "all", for small data sets)."""
+        B = self.hp["batch_size"]
         if self.hp.get("dm_epoch", "labeled") == "all":
             labeled = max(labeled, self.ctx.n)
-        return (labeled + self.hp["batch_size"] - 1) // self.hp["batch_size"]
+        return (labeled + B - 1) // B
 
     def train_epoch(self, epoch, bar=None):
-        hp = self.hp
-        if epoch < hp["warmup"]:
-            stats = {}
-            for k, (net, opt) in enumerate(zip(self.nets(), self.opts)):
-                net.train()
-                losses = []
-                bs = hp["warmup_batch_factor"] * hp["batch_size"]
-                for idx in self.batches(torch.arange(self.ctx.n), bs):
-                    losses.append(self.warmup_step(net, opt, idx))
-                    if bar is not None:
-                        bar.update(1)
-                stats[f"loss{k + 1}"] = sum(losses) / max(len(losses), 1)
-            return stats
+        if epoch < self.hp["warmup"]:
+            return self._warm_up(bar)
         # co-divide: each network's clean posterior decides the other network's split
-        h = self.histories or [None, None]
-        self.probs = [self.clean_posterior(self.net1, h[0]), self.clean_posterior(self.net2, h[1])]
+        self.probs = [self.clean_posterior(net, self.history_of(k))
+                      for k, net in enumerate(self.nets())]
         self.quality = (self.probs[0] + self.probs[1]) / 2
         stats = {}
-        for k, (net, other, opt, prob) in enumerate((
-                (self.net1, self.net2, self.opts[0], self.probs[1]),
-                (self.net2, self.net1, self.opts[1], self.probs[0]))):
+        for k, (net, other) in enumerate(((self.net1, self.net2), (self.net2, self.net1))):
             stats.update({f"{key}{k + 1}": v for key, v in
-                          self._train_net(epoch, net, other, opt, prob, k, bar).items()})
+                          self._train_net(epoch, net, other, k, self.probs[1 - k], bar).items()})
         return stats
 
-    def _train_net(self, epoch, net, other, opt, prob, k, bar):
-        hp = self.hp
-        B, N = hp["batch_size"], self.ctx.num_classes
+    def _warm_up(self, bar):
+        """One cross-entropy epoch per network, on warmup_batch_factor times larger batches."""
+        stats = {}
+        bs = self.hp["warmup_batch_factor"] * self.hp["batch_size"]
+        for k, (net, opt) in enumerate(zip(self.nets(), self.opts)):
+            net.train()
+            losses = []
+            for idx in self.batches(torch.arange(self.ctx.n), bs):
+                losses.append(self.warmup_step(net, opt, idx))
+                if bar is not None:
+                    bar.update(1)
+            stats[f"loss{k + 1}"] = sum(losses) / max(len(losses), 1)
+        return stats
+
+    def _train_net(self, epoch, net, other, k, prob, bar):
+        """One epoch of network k (`net`) on the split made by the other network's clean
+        posterior `prob`; returns its mean losses and the labeled fraction."""
+        labeled, unlabeled, w_all = self._split(prob)
+        num_iter = self._steps(len(labeled))
+        net.train()
+        other.eval()
+        labeled_batches = self._endless_batches(labeled)
+        unlabeled_batches = self._endless_batches(unlabeled)
+        sums = {"Lx": 0.0, "Lu": 0.0, "recon": 0.0}
+        for it in range(num_iter):
+            idx_x, idx_u = next(labeled_batches), next(unlabeled_batches)
+            losses = self._mixmatch_step(epoch + it / num_iter, net, other, k, idx_x, idx_u,
+                                         w_all, prob)
+            for key, v in losses.items():
+                sums[key] += v
+            if bar is not None:
+                bar.update(1)
+        out = {key: v / max(num_iter, 1) for key, v in sums.items()}
+        out["labeled"] = float(len(labeled)) / self.ctx.n
+        if not self.uses_anm:
+            out.pop("recon")
+        return out
+
+    def _split(self, prob):
+        """(labeled ids, unlabeled ids, per-sample weight) of the split by clean posterior
+        `prob`: labeled above p_threshold, with the class floor (class_floor) and our two
+        guards against an empty side."""
+        B = self.hp["batch_size"]
         prob_cpu = prob.detach().cpu()
-        labeled = torch.nonzero(prob_cpu > hp["p_threshold"]).flatten()
-        unlabeled = torch.nonzero(prob_cpu <= hp["p_threshold"]).flatten()
+        labeled = torch.nonzero(prob_cpu > self.hp["p_threshold"]).flatten()
+        unlabeled = torch.nonzero(prob_cpu <= self.hp["p_threshold"]).flatten()
         w_all = prob
-        if hp.get("class_floor", 0) > 0:
+        if self.hp.get("class_floor", 0) > 0:
             labeled, w_all = self._class_floor(prob_cpu, labeled, prob)
             unlabeled = torch.nonzero(~torch.isin(torch.arange(self.ctx.n), labeled)).flatten()
         if len(labeled) < B:  # ours: never train on an empty labeled set
             labeled = torch.argsort(prob_cpu, descending=True)[:B]
         if len(unlabeled) == 0:  # ours: co-guess on everything when nothing looks noisy
             unlabeled = torch.arange(self.ctx.n)
-        # one pass over the labeled set (published), or n / B steps cycling it (small data sets)
-        num_iter = (len(labeled) + B - 1) // B
-        if hp.get("dm_epoch", "labeled") == "all":
-            num_iter = max(num_iter, (self.ctx.n + B - 1) // B)
-        net.train()
-        other.eval()
-        l_iter, u_iter = iter(()), iter(())
-        sums = {"Lx": 0.0, "Lu": 0.0, "recon": 0.0}
-        steps = 0
-        for it in range(num_iter):
-            try:
-                idx_x = next(l_iter)
-            except StopIteration:
-                l_iter = self.batches(labeled, B)
-                idx_x = next(l_iter)
-            try:
-                idx_u = next(u_iter)
-            except StopIteration:
-                u_iter = self.batches(unlabeled, B)
-                idx_u = next(u_iter)
-            groups_x, targets_x, groups_u, targets_u, recon = self.mixmatch_groups(
-                net, other, k, idx_x, idx_u, w_all, prob)
-            all_in = torch.cat(groups_x + groups_u)
-            all_t = torch.cat(targets_x + targets_u)
-            n_x = sum(len(g) for g in groups_x)
-            lam = float(self.np_rng.beta(hp["alpha"], hp["alpha"]))
-            lam = max(lam, 1 - lam)
-            perm = torch.randperm(len(all_in), generator=self.local_gen).to(self.ctx.device)
-            mixed_in = lam * all_in + (1 - lam) * all_in[perm]
-            mixed_t = lam * all_t + (1 - lam) * all_t[perm]
-            with self.autocast():
-                logits = net(mixed_in).float()
-            lx = -(F.log_softmax(logits[:n_x], 1) * mixed_t[:n_x]).sum(1).mean()
-            lu = ((logits[n_x:].softmax(1) - mixed_t[n_x:]) ** 2).mean()
-            lamb = hp["lambda_u"] * linear_rampup(epoch + it / num_iter, hp["warmup"],
-                                                  hp["rampup"])
-            loss = lx + lamb * lu
-            if hp.get("prior_penalty", True):
-                prior = torch.full((N,), 1.0 / N, device=logits.device)
-                pred_mean = dist.global_mean(logits.softmax(1))  # global batch under torchrun
-                loss = loss + (prior * (prior / pred_mean).log()).sum()
-            if recon is not None:
-                loss = loss + hp["recon_weight"] * recon
-                sums["recon"] += float(recon.detach())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums["Lx"] += float(lx.detach())
-            sums["Lu"] += float(lu.detach())
-            steps += 1
-            if bar is not None:
-                bar.update(1)
-        out = {key: v / max(steps, 1) for key, v in sums.items()}
-        out["labeled"] = float(len(labeled)) / self.ctx.n
-        if not self.uses_anm:
-            out.pop("recon")
-        return out
+        return labeled, unlabeled, w_all
+
+    def _endless_batches(self, indices):
+        """Mini-batches of `indices`, reshuffled whenever a pass runs out (the labeled and the
+        unlabeled set are cycled at their own pace)."""
+        while True:
+            count = 0
+            for batch in self.batches(indices, self.hp["batch_size"]):
+                count += 1
+                yield batch
+            if count == 0:
+                raise ValueError(f"{len(indices)} samples give no batch on {dist.world()} ranks")
+
+    def _mixmatch_step(self, progress, net, other, k, idx_x, idx_u, w_all, prob):
+        """One optimiser step of network k: MixUp over the step's MixMatch groups, the labeled
+        and unlabeled losses (lambda_u ramped up over `progress`, epochs as a float), the prior
+        penalty and with ANM the reconstruction loss. Returns the step's losses as floats."""
+        hp = self.hp
+        groups_x, targets_x, groups_u, targets_u, recon = self.mixmatch_groups(
+            net, other, k, idx_x, idx_u, w_all, prob)
+        n_x = sum(len(g) for g in groups_x)
+        mixed_in, mixed_t = self._mixup(torch.cat(groups_x + groups_u),
+                                        torch.cat(targets_x + targets_u))
+        with self.autocast():
+            logits = net(mixed_in).float()
+        lx = -(F.log_softmax(logits[:n_x], 1) * mixed_t[:n_x]).sum(1).mean()
+        lu = ((logits[n_x:].softmax(1) - mixed_t[n_x:]) ** 2).mean()
+        loss = lx + hp["lambda_u"] * linear_rampup(progress, hp["warmup"], hp["rampup"]) * lu
+        if hp.get("prior_penalty", True):
+            loss = loss + self.prior_penalty(logits)
+        if recon is not None:
+            loss = loss + hp["recon_weight"] * recon
+        opt = self.opts[k]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"Lx": float(lx.detach()), "Lu": float(lu.detach()),
+                "recon": float(recon.detach()) if recon is not None else 0.0}
+
+    def _mixup(self, inputs, targets):
+        """MixUp of every row with a random partner, lam ~ Beta(alpha, alpha) kept >= 0.5."""
+        alpha = self.hp["alpha"]
+        lam = float(self.np_rng.beta(alpha, alpha))
+        lam = max(lam, 1 - lam)
+        perm = torch.randperm(len(inputs), generator=self.local_gen).to(self.ctx.device)
+        return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
 
     def mixmatch_groups(self, net, other, k, idx_x, idx_u, w_all, prob):
         """One step's MixMatch groups of the labeled (idx_x) and unlabeled (idx_u) batches:
@@ -204,9 +203,8 @@ class DivideMix(Method):
         recon = None
         if self.uses_anm:
             wu = prob[idx_u.to(prob.device)].to(self.ctx.device).float()
-            decoder = self.decoders[k] if self.decoders else None
             ex, etx, eu, etu, recon = masked_step_inputs(
-                self, net, decoder, x1, tx, w[:, 0], idx_x, u1, tu, wu, idx_u)
+                self, net, self.decoder_of(k), x1, tx, w[:, 0], idx_x, u1, tu, wu, idx_u)
             B, Bu = len(x1), len(u1)
             groups_x += list(ex.split(B)) if len(ex) else []
             targets_x += list(etx.split(B)) if len(ex) else []
@@ -239,17 +237,11 @@ class DivideMix(Method):
         return torch.nonzero(is_lab).flatten(), w
 
     def extra_state(self):
-        return dict(probs=self.probs,
-                    decoders=[d.state_dict() for d in self.decoders],
-                    histories=[h.state_dict() for h in self.histories] if self.histories else None)
+        return dict(probs=self.probs)
 
     def load_extra_state(self, state):
-        self.probs = state.get("probs", [None, None])
-        for d, s in zip(self.decoders, state.get("decoders") or []):
-            d.load_state_dict(s)
-        if self.histories and state.get("histories"):
-            for h, hs in zip(self.histories, state["histories"]):
-                h.load_state_dict(hs)
+        self.probs = [p.to(self.ctx.device) if p is not None else None
+                      for p in state.get("probs", [None, None])]
 
 
 class DivideMixANM(DivideMix):
