@@ -1,5 +1,5 @@
-"""masked_forward: ANM around any classifier, in two forward passes (the steps are the README's
-"What is computed, exactly").
+"""masked_forward: ANM around any classifier, in two forward passes (the steps are those of
+docs/SPEC.md).
 
 Pass 1 runs the model on the clean batch x. A forward hook on the feature layer captures its
 feature map, whose activation peaks place the boxes (steps 1-3, `anm_mask`); the logits give

@@ -1,8 +1,8 @@
 """Modules for ANM: the reconstruction decoder and `ANM`, a module owning model + decoder.
 
 `ReconstructionDecoder.for_shapes((K, h, w), (C, H, W))` builds the released design: three
-transposed convolutions with no non-linearity between them (README, "What is computed, exactly",
-step 4), sized so that any feature map shape lands exactly on the image shape.
+transposed convolutions with no non-linearity between them (docs/SPEC.md, "4. Reconstruction"),
+sized so that any feature map shape lands exactly on the image shape.
 """
 from __future__ import annotations
 

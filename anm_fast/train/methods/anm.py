@@ -1,7 +1,7 @@
 """ANM on a single network (no co-training): the lightest way to use the regulariser.
 
 After a cross-entropy warm-up, every epoch a GMM over per-sample losses gives each training sample
-a label quality q (README, "What is computed, exactly"). Each step trains on refined targets
+a label quality q (docs/SPEC.md, "5. Label quality"). Each step trains on refined targets
 q * y + (1 - q) * sharpen(p) (p: the network's current prediction on the same images), and
 masked_forward adds the max- and min-erased copies of those images with the refined targets
 modulated, plus the reconstruction loss. Refinement matters: on hard noisy labels the erased
