@@ -256,11 +256,12 @@ def _classes_but_one(t: torch.Tensor) -> torch.Tensor:
 
 
 def label_shift(targets: torch.Tensor, ratio: torch.Tensor, label_gain: float):
-    """Top class k, the shift d = min(label_gain * s, t_k) and whether the clamp is active."""
+    """Top class k, the shift d = min(label_gain * s, t_k) and whether the clamp is active, in
+    the targets' opmath type (s read as float32, as the kernels do)."""
     t = targets.to(_opmath(targets.dtype))
     k = t.argmax(dim=1)
     t_k = t.gather(1, k[:, None])[:, 0]
-    want = ratio.to(t.dtype) * label_gain
+    want = ratio.to(torch.float32).to(t.dtype) * label_gain
     clamped = want > t_k
     d = torch.where(clamped, t_k, want)
     return t, k, d, clamped
@@ -295,10 +296,12 @@ def erase_and_modulate_backward(grad_erased, grad_targets, targets, box_max, box
     grad_x = (g[:B] + g[B:]).contiguous(memory_format=erased_memory_format(grad_erased))
     # Label shift: t'_c = t_c + d/(N-1), t'_k = t_k - d. Only where the clamp d = t_k is active
     # does t_k reach the output: then t'_k = 0 and every other class gains t_k / (N-1).
+    # The arg-max and clamp in the targets' opmath type, the sum in the gradient's.
     _, k, _, clamped = label_shift(targets, ratio, label_gain)
     g_t = grad_targets.to(_opmath(grad_targets.dtype))
     g_k = g_t.gather(1, k[:, None])[:, 0]
-    spread = (g_t.sum(dim=1) - g_k) / _classes_but_one(g_t)
+    others = g_t.scatter(1, k[:, None], torch.zeros_like(g_k)[:, None]).sum(dim=1)
+    spread = others / _classes_but_one(g_t)
     new_k = torch.where(clamped, spread, g_k)
     grad_t = g_t.scatter(1, k[:, None], new_k[:, None]).to(grad_targets.dtype)
     return grad_x, grad_t

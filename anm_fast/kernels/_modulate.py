@@ -74,23 +74,24 @@ def modulate_row(t_ptr, ts0, ts1, out_ptr, ratio, b, N, gain,
 
 @triton.jit
 def modulate_row_backward(g_ptr, gs0, gs1, t_ptr, ts0, ts1, out_ptr, ratio_ptr, rs0, b, N, gain,
-                          OPM64: tl.constexpr, BLOCK_N: tl.constexpr):
+                          T64: tl.constexpr, G64: tl.constexpr, BLOCK_N: tl.constexpr):
     """The gradient passes through, except where the clamp d = t_k is active: then
-    dL/dt_k = sum_{c != k} g_c / (N - 1)."""
-    if OPM64:
-        opm = tl.float64
+    dL/dt_k = sum_{c != k} g_c / (N - 1). The arg-max and the clamp in the targets' opmath type
+    (T64: float64), the sum in the gradient's (G64)."""
+    if G64:
+        g_opm = tl.float64
     else:
-        opm = tl.float32
-    k, t_k = _argmax_row(t_ptr + b * ts0, ts1, N, OPM64, BLOCK_N)
+        g_opm = tl.float32
+    k, t_k = _argmax_row(t_ptr + b * ts0, ts1, N, T64, BLOCK_N)
     ratio = tl.load(ratio_ptr + b * rs0).to(tl.float32)
-    _d, clamped = _shift(t_k, ratio, gain, OPM64)
+    _d, clamped = _shift(t_k, ratio, gain, T64)
     g_row = g_ptr + b * gs0
-    total = tl.zeros([BLOCK_N], opm)
+    total = tl.zeros([BLOCK_N], g_opm)
     for n0 in range(0, N, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         g = tl.load(g_row + offs.to(tl.int64) * gs1, mask=offs < N, other=0.0)
-        total += tl.where(offs == k, 0.0, g.to(opm))
-    spread = _div(tl.sum(total, axis=0), as_type(N - 1, opm), OPM64)
+        total += tl.where(offs == k, 0.0, g.to(g_opm))
+    spread = _div(tl.sum(total, axis=0), as_type(N - 1, g_opm), G64)
     for n0 in range(0, N, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         m = offs < N

@@ -21,8 +21,14 @@ BLOCK = 1024
 
 
 @triton.jit
-def plane_coords(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
-    """(c, y, x) of flat offsets inside one sample, in NCHW or NHWC memory order."""
+def _sample_tile(tiles, C, H, W, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's tile: sample b (int64), the tile's flat offsets inside the sample (in the
+    output's memory order, NCHW or NHWC), their mask, their (c, y, x) and the sample size."""
+    pid = tl.program_id(0)
+    b = (pid // tiles).to(tl.int64)
+    tile = pid % tiles
+    CHW = C * H * W
+    offs = tile * BLOCK + tl.arange(0, BLOCK)
     if CHANNELS_LAST:
         c = offs % C
         x = (offs // C) % W
@@ -31,7 +37,7 @@ def plane_coords(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
         x = offs % W
         y = (offs // W) % H
         c = offs // (H * W)
-    return c, y, x
+    return b, tile, offs, offs < CHW, c, y, x, CHW
 
 
 @triton.jit
@@ -51,13 +57,7 @@ def _erase_kernel(x_ptr, xs0, xs1, xs2, xs3, out_ptr, t_ptr, ts0, ts1, t_out_ptr
                   B, C, H, W, N, gain_bits, tiles,
                   CHANNELS_LAST: tl.constexpr, OPM64: tl.constexpr, MODULATE: tl.constexpr,
                   BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
-    b = (pid // tiles).to(tl.int64)
-    tile = pid % tiles
-    CHW = C * H * W
-    offs = tile * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < CHW
-    c, y, x = plane_coords(offs, C, H, W, CHANNELS_LAST)
+    b, tile, offs, mask, c, y, x, CHW = _sample_tile(tiles, C, H, W, CHANNELS_LAST, BLOCK)
     src = (x_ptr + b * xs0 + c.to(tl.int64) * xs1 + y.to(tl.int64) * xs2
            + x.to(tl.int64) * xs3)
     v = tl.load(src, mask=mask)
@@ -80,28 +80,23 @@ def _erase_backward_kernel(g_ptr, gs0, gs1, gs2, gs3, gx_ptr, gt_ptr, gts0, gts1
                            t_ptr, ts0, ts1, gt_out_ptr,
                            bmax_ptr, bmax_s0, bmax_s1, bmin_ptr, bmin_s0, bmin_s1, ratio_ptr, rs0,
                            B, C, H, W, N, gain_bits, tiles,
-                           CHANNELS_LAST: tl.constexpr, OPM64: tl.constexpr,
-                           BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
-    b = (pid // tiles).to(tl.int64)
-    tile = pid % tiles
-    CHW = C * H * W
-    offs = tile * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < CHW
-    c, y, x = plane_coords(offs, C, H, W, CHANNELS_LAST)
+                           CHANNELS_LAST: tl.constexpr, X64: tl.constexpr, T64: tl.constexpr,
+                           G64: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
+    # X64 / T64 / G64: grad_erased / targets / grad_targets are float64 (their opmath types).
+    b, tile, offs, mask, c, y, x, CHW = _sample_tile(tiles, C, H, W, CHANNELS_LAST, BLOCK)
     inner = c.to(tl.int64) * gs1 + y.to(tl.int64) * gs2 + x.to(tl.int64) * gs3
     keep_max = (~in_box(bmax_ptr, bmax_s0, bmax_s1, b, y, x)) & mask
     keep_min = (~in_box(bmin_ptr, bmin_s0, bmin_s1, b, y, x)) & mask
     g0 = tl.load(g_ptr + b * gs0 + inner, mask=keep_max, other=0.0)
     g1 = tl.load(g_ptr + (b + B) * gs0 + inner, mask=keep_min, other=0.0)  # int64 offsets
-    if OPM64:
+    if X64:
         acc = g0.to(tl.float64) + g1.to(tl.float64)
     else:
         acc = g0.to(tl.float32) + g1.to(tl.float32)
     tl.store(gx_ptr + b * CHW + offs, acc.to(g0.dtype), mask=mask)
     if tile == 0:
         modulate_row_backward(gt_ptr, gts0, gts1, t_ptr, ts0, ts1, gt_out_ptr, ratio_ptr, rs0, b,
-                              N, f64_arg(gain_bits), OPM64, BLOCK_N)
+                              N, f64_arg(gain_bits), T64, G64, BLOCK_N)
 
 
 def _check_common(B, C, targets, box_max, box_min, ratio, name):
@@ -175,7 +170,7 @@ def erase_and_modulate_backward(grad_erased, grad_targets, targets, box_max, box
             targets, *targets.stride(), grad_t,
             box_max, *box_max.stride(), box_min, *box_min.stride(), ratio, ratio.stride(0),
             B, C, H, W, N, f64_bits(label_gain), tiles,
-            CHANNELS_LAST=fmt == torch.channels_last,
-            OPM64=opmath_is_f64(targets.dtype, grad_targets.dtype),
+            CHANNELS_LAST=fmt == torch.channels_last, X64=opmath_is_f64(grad_erased.dtype),
+            T64=opmath_is_f64(targets.dtype), G64=opmath_is_f64(grad_targets.dtype),
             BLOCK=BLOCK, BLOCK_N=min(next_pow2(N), 1024), num_warps=4, **NO_FMA)
     return grad_x, grad_t

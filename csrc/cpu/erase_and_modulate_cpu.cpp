@@ -96,8 +96,7 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cpu(
 // (0 + g_max) + g_min in opmath with the terms inside a box left out.
 template <typename scalar_t>
 void erase_backward_kernel(const at::Tensor& g, const int64_t* boxes, at::Tensor& gx) {
-  using opmath_t = typename std::conditional<std::is_same<scalar_t, double>::value, double,
-                                             float>::type;
+  using opmath_t = cpu::opmath_of<scalar_t>;
   const int64_t B = gx.size(0), C = gx.size(1), H = gx.size(2), W = gx.size(3);
   const int64_t gN = g.stride(0), gC = g.stride(1), gH = g.stride(2), gW = g.stride(3);
   const int64_t oB = gx.stride(0), oC = gx.stride(1), oH = gx.stride(2), oW = gx.stride(3);
@@ -134,29 +133,31 @@ void erase_backward_kernel(const at::Tensor& g, const int64_t* boxes, at::Tensor
 
 // Label-shift backward: t'_c = t_c + d / (N - 1), t'_k = t_k - d with d = min(gain * s, t_k).
 // The gradient passes through unchanged except where the clamp is active: then t'_k = 0 and each
-// other class gains t_k / (N - 1), so dL/dt_k = sum_{c != k} g_c / (N - 1).
-template <typename scalar_t, typename opmath_t>
-void modulate_backward_kernel(const at::Tensor& gt, const at::Tensor& t_op, const float* ratio,
+// other class gains t_k / (N - 1), so dL/dt_k = sum_{c != k} g_c / (N - 1). The arg-max and the
+// clamp in the targets' opmath type, the sum in the gradient's (docs/SPEC.md, "Erasing and
+// labels").
+template <typename grad_t, typename targets_t>
+void modulate_backward_kernel(const at::Tensor& gt, const at::Tensor& t, const float* ratio,
                               double label_gain, at::Tensor& out) {
-  const int64_t B = t_op.size(0), N = t_op.size(1);
-  const scalar_t* gp = gt.const_data_ptr<scalar_t>();
-  const opmath_t* tp = t_op.const_data_ptr<opmath_t>();
-  scalar_t* op = out.data_ptr<scalar_t>();
+  using t_op = cpu::opmath_of<targets_t>;
+  using g_op = cpu::opmath_of<grad_t>;
+  const int64_t B = t.size(0), N = t.size(1), ts0 = t.stride(0), ts1 = t.stride(1);
+  const grad_t* gp = gt.const_data_ptr<grad_t>();
+  const targets_t* tp = t.const_data_ptr<targets_t>();
+  grad_t* op = out.data_ptr<grad_t>();
   at::parallel_for(0, B, 64, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const opmath_t* row = tp + b * N;
-      int64_t k = 0;
-      for (int64_t c = 1; c < N; ++c)
-        if (row[c] > row[k]) k = c;  // first occurrence on ties
+      int64_t k;
+      const t_op t_k = cpu::row_argmax<t_op>(tp + b * ts0, ts1, N, &k);
       bool clamped;
-      label_shift<opmath_t>(row[k], ratio[b], label_gain, &clamped);
-      const scalar_t* grow = gp + b * N;
-      opmath_t others = 0;
+      label_shift<t_op>(t_k, ratio[b], label_gain, &clamped);
+      const grad_t* grow = gp + b * N;
+      g_op others = 0;
       for (int64_t c = 0; c < N; ++c) {
         op[b * N + c] = grow[c];
-        if (c != k) others += static_cast<opmath_t>(grow[c]);
+        if (c != k) others += static_cast<g_op>(grow[c]);
       }
-      if (clamped) op[b * N + k] = static_cast<scalar_t>(others / static_cast<opmath_t>(N - 1));
+      if (clamped) op[b * N + k] = static_cast<grad_t>(others / static_cast<g_op>(N - 1));
     }
   });
 }
@@ -178,15 +179,13 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cpu(
                                   "erase_bwd_cpu", [&] {
     erase_backward_kernel<scalar_t>(grad_erased, boxes.const_data_ptr<int64_t>(), grad_x);
   });
-  const bool f64 = targets.scalar_type() == at::kDouble;
-  const at::Tensor t_op = targets.to(f64 ? at::kDouble : at::kFloat).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt.scalar_type(), "modulate_bwd", [&] {
-    if (f64)
-      modulate_backward_kernel<scalar_t, double>(gt, t_op, r.const_data_ptr<float>(), label_gain,
-                                                 grad_t);
-    else
-      modulate_backward_kernel<scalar_t, float>(gt, t_op, r.const_data_ptr<float>(), label_gain,
-                                                grad_t);
+    using grad_scalar_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, targets.scalar_type(),
+                                    "modulate_bwd_targets", [&] {
+      modulate_backward_kernel<grad_scalar_t, scalar_t>(gt, targets, r.const_data_ptr<float>(),
+                                                        label_gain, grad_t);
+    });
   });
   return {grad_x, grad_t};
 }

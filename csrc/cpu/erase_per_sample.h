@@ -116,19 +116,31 @@ inline void erase_sample(const EraseLayout& l, const scalar_t* x, scalar_t* out,
   }
 }
 
-// Label shift of one row of N soft targets (stride s1): the arg-max class k (first on ties)
-// gives d = min(gain * ratio, t_k), shared equally by the other N - 1 classes.
 template <typename scalar_t>
-inline void modulate_row(const scalar_t* row, int64_t s1, int64_t N, float ratio,
-                         double label_gain, scalar_t* out) {
-  using opmath_t = typename std::conditional<std::is_same<scalar_t, double>::value, double,
-                                             float>::type;
-  int64_t k = 0;
+using opmath_of = typename std::conditional<std::is_same<scalar_t, double>::value, double,
+                                            float>::type;
+
+// The first arg-max k of a row of N values (stride s1), compared in opmath_t; returns t_k.
+template <typename opmath_t, typename scalar_t>
+inline opmath_t row_argmax(const scalar_t* row, int64_t s1, int64_t N, int64_t* k) {
+  *k = 0;
   opmath_t best = static_cast<opmath_t>(row[0]);
   for (int64_t c = 1; c < N; ++c) {
     const opmath_t v = static_cast<opmath_t>(row[c * s1]);
-    if (v > best) { best = v; k = c; }  // first occurrence on ties
+    if (v > best) { best = v; *k = c; }  // first occurrence on ties
   }
+  return best;
+}
+
+// Label shift of one row of N soft targets (stride s1): the arg-max class k (first on ties)
+// gives d = min(gain * ratio, t_k), shared equally by the other N - 1 classes; the arithmetic in
+// the targets' opmath type (float; double for double targets).
+template <typename scalar_t>
+inline void modulate_row(const scalar_t* row, int64_t s1, int64_t N, float ratio,
+                         double label_gain, scalar_t* out) {
+  using opmath_t = opmath_of<scalar_t>;
+  int64_t k;
+  const opmath_t best = row_argmax<opmath_t>(row, s1, N, &k);
   bool clamped;
   const opmath_t d = label_shift<opmath_t>(best, ratio, label_gain, &clamped);
   const opmath_t share = d / static_cast<opmath_t>(N - 1);

@@ -144,6 +144,94 @@ inline bool aligned_to(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
+// Small argument tensors (boxes, fills, ratios, targets) read by the kernels in the dtype and
+// strides they come in: a cast or a contiguous copy on the host side would be a launch of its own
+// for a few bytes. The dtype is a run-time switch (the same branch in every thread).
+enum class ElemType : int32_t { kFloat, kDouble, kHalf, kBFloat16, kLong, kInt, kShort, kChar, kByte };
+
+// A tensor of at most two dimensions: element (i, j) is at p + i * s0 + j * s1 elements.
+struct ArgView {
+  void* p;
+  int64_t s0, s1;
+  ElemType type;
+};
+
+// A floating element as T (float or double): the exact value for float, half and bfloat16.
+template <typename T>
+__device__ __forceinline__ T read_real(const ArgView& a, int64_t off) {
+  switch (a.type) {
+    case ElemType::kDouble: return static_cast<T>(static_cast<const double*>(a.p)[off]);
+    case ElemType::kHalf:
+      return static_cast<T>(static_cast<float>(static_cast<const at::Half*>(a.p)[off]));
+    case ElemType::kBFloat16:
+      return static_cast<T>(static_cast<float>(static_cast<const at::BFloat16*>(a.p)[off]));
+    default: return static_cast<T>(static_cast<const float*>(a.p)[off]);
+  }
+}
+
+// v (float or double) rounded to the view's floating dtype.
+template <typename T>
+__device__ __forceinline__ void write_real(const ArgView& a, int64_t off, T v) {
+  switch (a.type) {
+    case ElemType::kDouble: static_cast<double*>(a.p)[off] = static_cast<double>(v); break;
+    case ElemType::kHalf: static_cast<at::Half*>(a.p)[off] = static_cast<at::Half>(v); break;
+    case ElemType::kBFloat16:
+      static_cast<at::BFloat16*>(a.p)[off] = static_cast<at::BFloat16>(v);
+      break;
+    default: static_cast<float*>(a.p)[off] = static_cast<float>(v); break;
+  }
+}
+
+__device__ __forceinline__ int64_t read_index(const ArgView& a, int64_t off) {
+  switch (a.type) {
+    case ElemType::kInt: return static_cast<const int32_t*>(a.p)[off];
+    case ElemType::kShort: return static_cast<const int16_t*>(a.p)[off];
+    case ElemType::kChar: return static_cast<const int8_t*>(a.p)[off];
+    case ElemType::kByte: return static_cast<const uint8_t*>(a.p)[off];
+    default: return static_cast<const int64_t*>(a.p)[off];
+  }
+}
+
+// An argument for read_real / read_index, and the tensor that holds its data (keep it alive until
+// the launch is enqueued). A dtype the kernels do not read (no caller of the Python API passes
+// one: floating boxes, integer fills) is cast once on the host to int64 / float32.
+struct HostArg {
+  at::Tensor t;
+  ArgView view;
+};
+
+inline HostArg arg_view(const at::Tensor& t, bool index) {
+  ElemType type;
+  bool read_as_is = true;
+  switch (t.scalar_type()) {
+    case at::kFloat: type = ElemType::kFloat; read_as_is = !index; break;
+    case at::kDouble: type = ElemType::kDouble; read_as_is = !index; break;
+    case at::kHalf: type = ElemType::kHalf; read_as_is = !index; break;
+    case at::kBFloat16: type = ElemType::kBFloat16; read_as_is = !index; break;
+    case at::kLong: type = ElemType::kLong; read_as_is = index; break;
+    case at::kInt: type = ElemType::kInt; read_as_is = index; break;
+    case at::kShort: type = ElemType::kShort; read_as_is = index; break;
+    case at::kChar: type = ElemType::kChar; read_as_is = index; break;
+    case at::kByte: type = ElemType::kByte; read_as_is = index; break;
+    default: read_as_is = false; type = ElemType::kFloat; break;
+  }
+  at::Tensor held = t;
+  if (!read_as_is) {
+    held = t.to(index ? at::kLong : at::kFloat);
+    type = index ? ElemType::kLong : ElemType::kFloat;
+  }
+  const int64_t s0 = held.dim() > 0 ? held.stride(0) : 0;
+  const int64_t s1 = held.dim() > 1 ? held.stride(1) : 0;
+  return HostArg{held, ArgView{const_cast<void*>(held.const_data_ptr()), s0, s1, type}};
+}
+
+// An output tensor of a floating dtype for write_real.
+inline ArgView out_view(at::Tensor& t) {
+  const HostArg a = arg_view(t, false);
+  TORCH_INTERNAL_ASSERT(a.t.is_same(t), "out_view: a floating output tensor expected");
+  return ArgView{t.data_ptr(), a.view.s0, a.view.s1, a.view.type};
+}
+
 #if defined(ANM_CUDA_EMULATION)
 // The emulation has one "multiprocessor": grids are capped at 32 blocks, so the grid-stride loops
 // run more than one round on the test shapes.

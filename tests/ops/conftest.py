@@ -73,6 +73,16 @@ def _emulated_ops():
     return torch.ops.anm_fast_emulated
 
 
+@pytest.fixture
+def emulated_ops():
+    """torch.ops.anm_fast_emulated, for the tests of what only the CUDA kernels do (launch counts,
+    their own limits)."""
+    ops = _emulated_ops()
+    if ops is None:
+        pytest.skip("anm_fast._C_emulated is not built")
+    return ops
+
+
 class _Launchers:
     """anm_fast.kernels under the names of the ops."""
 

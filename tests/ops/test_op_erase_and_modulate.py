@@ -154,3 +154,126 @@ def test_empty_batch(backend):
     if backend.has("erase_and_modulate_backward"):
         gx, gt = backend("erase_and_modulate_backward", erased, targets, t, box, box, r, 1.0)
         assert gx.shape == (0, 3, 8, 8) and gt.shape == (0, 4)
+
+
+MIXED = [(t, g) for t in DTYPES for g in DTYPES if t != g]
+
+
+@pytest.mark.parametrize("t_dtype,g_dtype", MIXED,
+                         ids=lambda d: str(d).replace("torch.", ""))
+def test_backward_mixed_dtypes(backend, t_dtype, g_dtype):
+    """The label arithmetic's types when targets and gradients differ (docs/SPEC.md, "Erasing and
+    labels"): the arg-max and the clamp in the targets' type, the sum in the gradient's."""
+    check_dtype(backend, g_dtype)
+    if not backend.has("erase_and_modulate_backward"):
+        pytest.skip(f"{backend.name} has no erase_and_modulate_backward")
+    B, C, H, W, N = 4, 2, 5, 6, 40  # N > 32: a warp's lanes hold several classes each
+    _, t, (bmax, bmin, ratio, _, _) = inputs(B, C, H, W, N, torch.float64, seed=5)
+    t[1] = 0.0
+    t[1, 3] = 0.5
+    t[1, 7] = 0.5 + 2.0**-40  # the top class only in float64: a tie (class 3) in float32
+    t = t.to(t_dtype)
+    ratio = torch.tensor([5.0, 5.0, 0.01, 0.02])  # the clamp active for samples 0 and 1
+    gen = torch.Generator().manual_seed(13)
+    g = torch.randn(2 * B, C, H, W, generator=gen, dtype=torch.float64).to(t_dtype)
+    gt = torch.randn(B, N, generator=gen, dtype=torch.float64).to(g_dtype)  # 53-bit values
+    gx, gtt = backend("erase_and_modulate_backward", g, gt, t, bmax, bmin, ratio, 1.0)
+    rgx, rgtt = R.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
+    assert gx.dtype == t_dtype and gtt.dtype == g_dtype
+    torch.testing.assert_close(gx, rgx, rtol=TOLERANCES[t_dtype][0], atol=TOLERANCES[t_dtype][1])
+    rtol, atol = TOLERANCES[g_dtype]
+    torch.testing.assert_close(gtt, rgtt, rtol=rtol, atol=atol)
+    k = 7 if t_dtype == torch.float64 else 3
+    assert (gtt[1] != gt[1]).nonzero().flatten().tolist() == [k]
+
+
+def test_reads_boxes_fills_and_ratios_as_given(backend):
+    """int32 / int16 / strided boxes, float16 / float64 fills, a float64 ratio, column-major
+    targets: the same result as the canonical dtypes (the CUDA kernels read these in place)."""
+    B, C, H, W, N = 5, 3, 12, 10, 7
+    x, t, (bmax, bmin, ratio, fmax, fmin) = inputs(B, C, H, W, N, torch.float32)
+    fmax = fmax.to(torch.float16).float()  # values that float16 holds exactly
+    want = R.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 2.0)
+    got = backend("erase_and_modulate", x, t.t().contiguous().t(), bmax.to(torch.int32),
+                  torch.stack((bmin, bmin), 2)[..., 1].to(torch.int16), fmax.half(),
+                  fmin.double(), ratio.double(), 2.0)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    if backend.has("erase_and_modulate_backward"):
+        g = torch.randn(2 * B, C, H, W)
+        gt = torch.randn(B, N)
+        want = R.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 2.0)
+        got = backend("erase_and_modulate_backward", g, gt.t().contiguous().t(),
+                      t.t().contiguous().t(), bmax.to(torch.int32), bmin.to(torch.uint8),
+                      ratio.double(), 2.0)
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+def huge_sample_stride(t):
+    """t (2, ...) as a view whose second sample starts 2^31 elements after the first: a sample
+    base offset past 32 bits. The storage is reserved, not touched (it costs no memory)."""
+    per = t[0].numel()
+    flat = torch.empty(2**31 + per, dtype=t.dtype)
+    view = flat.as_strided(tuple(t.shape), (2**31,) + tuple(t[0].stride()))
+    view.copy_(t)
+    return view
+
+
+def test_sample_offsets_past_32_bits(backend):
+    if backend.interpreted:
+        pytest.skip("the Triton interpreter copies the whole 4 GiB storage")
+    x, t, (bmax, bmin, ratio, fmax, fmin) = inputs(2, 3, 8, 8, 4, torch.float16)
+    xv = huge_sample_stride(x)
+    got = backend("erase_and_modulate", xv, t, bmax, bmin, fmax, fmin, ratio, 1.0)
+    assert torch.equal(got[0], R.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)[0])
+    if backend.has("erase_and_modulate_backward"):
+        b1 = tuple(b[:1] for b in (bmax, bmin, ratio))
+        g = torch.randn(2, 3, 8, 8).to(torch.float16)  # B = 1: copy 1 starts 2^31 further
+        got = backend("erase_and_modulate_backward", huge_sample_stride(g), t[:1].float(),
+                      t[:1], *b1, 1.0)
+        want = R.erase_and_modulate_backward(g, t[:1].float(), t[:1], *b1, 1.0)
+        assert torch.equal(got[0], want[0])
+
+
+def aten_calls(fn):
+    """The ATen ops that fn's call makes, by name, outside allocation (which launches nothing)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sorted({e.name for e in prof.events() if e.name.startswith("aten::")}
+                  - {"aten::empty", "aten::empty_strided"})
+
+
+@pytest.mark.cuda_emulated
+def test_cuda_kernels_are_one_launch_each_way(emulated_ops):
+    """The CUDA erase_and_modulate and its backward: one kernel launch (labels included), and no
+    ATen op (a cat, cast or copy would be a launch of its own on a GPU), with boxes, fills,
+    ratios and targets in other dtypes and strides than the kernels' own."""
+    ops = emulated_ops
+    B, C, H, W, N = 5, 3, 12, 10, 7
+    x, t, (bmax, bmin, ratio, fmax, fmin) = inputs(B, C, H, W, N, torch.float32)
+    args = (x.contiguous(memory_format=torch.channels_last), t.t().contiguous().t(),
+            bmax.to(torch.int32), torch.stack((bmin, bmin), 2)[..., 1], fmax.half(),
+            fmin.double(), ratio.double(), 1.0)
+    before = ops.launch_count()
+    assert aten_calls(lambda: ops.erase_and_modulate(*args)) == []
+    assert ops.launch_count() - before == 1
+    g = torch.randn(2 * B, C, H, W)
+    bargs = (g, torch.randn(N, B).t(), args[1].double(), *args[2:4], args[6], 1.0)
+    before = ops.launch_count()
+    assert aten_calls(lambda: ops.erase_and_modulate_backward(*bargs)) == []
+    assert ops.launch_count() - before == 1
+
+
+@pytest.mark.cuda_emulated
+def test_cuda_kernels_refuse_images_past_32_bit_offsets(emulated_ops):
+    ops = emulated_ops
+    x = torch.zeros(1, 1, 1, 1).expand(1, 2, 2**15, 2**15)  # 2^31 elements, no memory
+    box = torch.zeros(1, 4, dtype=torch.int64)
+    t = torch.full((1, 2), 0.5)
+    f = torch.zeros(1, 2)
+    r = torch.zeros(1)
+    with pytest.raises(ValueError, match="one image of 2 x 32768 x 32768"):
+        ops.erase_and_modulate(x, t, box, box, f, f, r, 1.0)
+    with pytest.raises(ValueError, match="one image of 2 x 32768 x 32768"):
+        ops.erase_and_modulate_backward(x.expand(2, 2, 2**15, 2**15), t, t, box, box, r, 1.0)
