@@ -36,26 +36,7 @@ def _build(name):
 
 
 def _fmap_shape(model, x):
-    layer = model.get_submodule(model.anm_feature_layer)
-    out = []
-    h = layer.register_forward_hook(lambda m, i, o: out.append(o))
-    with torch.no_grad():
-        model.eval()
-        model(x[:2])
-        model.train()
-    h.remove()
-    return tuple(out[0].shape[1:])
-
-
-def _forward_with_features(model, x):
-    layer = model.get_submodule(model.anm_feature_layer)
-    out = []
-    h = layer.register_forward_hook(lambda m, i, o: out.append(o))
-    try:
-        logits = model(x)
-    finally:
-        h.remove()
-    return logits, out[-1]
+    return tuple(masked.capture_features(model, x[:2], probe=True).fmap.shape[1:])
 
 
 def _soft_ce(logits, t):
@@ -96,10 +77,10 @@ def test_train_step(benchmark, model_name, variant):
 
     def released_step():
         opt.zero_grad(set_to_none=True)
-        logits, fmap = _forward_with_features(model, x)
+        logits, _, fmap = masked.capture_features(model, x)
         erased, t_mod = released.released_anm(x, fmap.detach(), onehot, q, rng)
         logits_er = model(erased)                          # classification pass
-        _, fmap_er = _forward_with_features(model, erased)  # separate reconstruction pass
+        _, _, fmap_er = masked.capture_features(model, erased)  # separate reconstruction pass
         rec = decoder(fmap_er)
         loss_rec = F.mse_loss(rec[:B], x) + F.mse_loss(rec[B:], x)
         loss = (F.cross_entropy(logits, y) + _soft_ce(logits_er, t_mod.repeat(2, 1))

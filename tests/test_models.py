@@ -3,17 +3,13 @@ import pytest
 import torch
 
 from anm_fast import models
+from anm_fast.masked import capture_features
 
 
 def _feature_shape(model, x):
-    captured = []
-    layer = model.get_submodule(model.anm_feature_layer)
-    handle = layer.register_forward_hook(lambda m, i, o: captured.append(o))
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    return logits, captured[-1]
+    """Logits and the declared feature layer's output (model.anm_feature_layer)."""
+    logits, _, fmap = capture_features(model, x)
+    return logits, fmap
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
