@@ -21,13 +21,14 @@ from . import ownership, preempt
 from ..models import MODELS, check_model_name
 from .data import DATASETS
 from .errors import EXPECTED_ERRORS, one_line
-from .loop import LABEL_ISSUES, Settings, resolved_hp, run
+from .loop import Settings, resolved_hp, run
 from .methods import METHODS, get_method
 from .noise import SYNTHETIC, parse_noise
 from .presets import COMMON, PRESETS, anm_config
 from .recipes import RECIPES, recipe_hp
 from .reporting import table
 from .settings_check import check_settings
+from .single_run import LABEL_ISSUES
 
 DEFAULT_METHOD = "dividemix-anm"
 

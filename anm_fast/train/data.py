@@ -42,6 +42,9 @@ class DataBundle:
     # the data set whose noise maps and presets apply, when not `name` (an image folder of
     # CIFAR-10's ten classes is "cifar10": asym noise and the CIFAR-10 presets work on it)
     preset: Optional[str] = None
+    # an image folder's training files (relative paths, in training order): label lists may name
+    # images by path
+    train_files: Optional[List[str]] = None
 
     @property
     def clean_known(self) -> bool:
@@ -307,8 +310,8 @@ def load_image_folder(data_dir: Optional[str], image_size: int = 32) -> DataBund
     bundle = DataBundle("imagefolder", _normalise(xtr, mean, std), ytr, _normalise(xte, mean, std),
                         yte, len(classes), mean, std, pad=max(1, image_size // 8), flip=True,
                         class_names=classes,
-                        preset="cifar10" if classes == list(CIFAR10_CLASSES) else None)
-    bundle.train_files = files  # the label list may name images by path
+                        preset="cifar10" if classes == list(CIFAR10_CLASSES) else None,
+                        train_files=files)
     return bundle
 
 
@@ -335,7 +338,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, *, image_size: int =
             keep = np.linspace(0, len(bundle.y_train) - 1, train_subset).round().astype(np.int64)
         bundle.x_train = bundle.x_train[keep]
         bundle.y_train = bundle.y_train[keep]
-        if hasattr(bundle, "train_files"):
+        if bundle.train_files is not None:
             bundle.train_files = [bundle.train_files[i] for i in np.arange(
                 len(bundle.train_files))[keep]]
     return bundle

@@ -92,7 +92,7 @@ def check_device(name) -> None:
 
 
 def check_settings(s) -> None:
-    """Every setting of `s` (a loop.Settings) that could not train, as a ValueError."""
+    """Every setting of `s` (a settings.Settings) that could not train, as a ValueError."""
     from .loop import resolve_preset, resolved_hp
 
     rate = s.noise_rate

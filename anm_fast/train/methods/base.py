@@ -44,8 +44,8 @@ class Method:
 
     A method builds its networks with `build_branches` and says what it is through the class
     attribute `uses_anm` (the ANM config, one reconstruction decoder per network, the gallery
-    plot) and the methods of the interface section; the epoch loop (loop.py) asks for nothing
-    else."""
+    plot) and the methods of the interface section; the epoch loop (single_run.py) asks for
+    nothing else."""
 
     name = "base"
     uses_anm = False
