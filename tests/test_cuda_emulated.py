@@ -52,76 +52,6 @@ def assert_equal_outputs(got, want, names):
         assert torch.equal(g, w), f"{name} differs"
 
 
-# ------------------------------------------------------------------------------ activation_peaks
-PEAK_SHAPES = [  # (B, K, h, w, H, W)
-    (1, 1, 1, 1, 32, 32),     # 1x1 feature map: constant resized map
-    (3, 5, 4, 4, 32, 32),     # CIFAR-like
-    (2, 7, 3, 5, 17, 29),     # non-square, odd
-    (4, 3, 7, 7, 5, 6),       # image smaller than the feature map
-    (2, 4, 9, 11, 9, 11),     # identity resize
-    (2, 300, 2, 3, 7, 9),     # more channels than threads per block
-    (2, 3, 30, 40, 40, 31),   # energy map larger than the block (several positions a thread)
-]
-
-
-@pytest.mark.parametrize("shape", PEAK_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted"])
-@pytest.mark.parametrize("band", [0.0, 0.3])
-def test_activation_peaks_emulated(schedule, shape, layout, band):
-    B, K, h, w, H, W = shape
-    fmap = relayout(torch.randn(B, K, h, w), layout)
-    got = emu().activation_peaks(fmap, H, W, band)
-    assert_equal_outputs(got, ops.activation_peaks(fmap, H, W, band),
-                         ("peak_max", "peak_min", "energy"))
-    rmax, rmin, renergy = R.activation_peaks(fmap, H, W, band)
-    torch.testing.assert_close(got[2], renergy, rtol=1e-5, atol=1e-6)
-    assert_peaks_match(got[0], got[1], renergy, H, W, band)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_activation_peaks_emulated_dtypes(schedule, dtype, layout):
-    fmap = relayout(torch.randn(5, 33, 5, 6).to(dtype), layout)
-    got = emu().activation_peaks(fmap, 23, 31, 1.0 / 255.0)
-    assert_equal_outputs(got, ops.activation_peaks(fmap, 23, 31, 1.0 / 255.0),
-                         ("peak_max", "peak_min", "energy"))
-
-
-def test_activation_peaks_emulated_large_maps_use_global_scratch():
-    # A 110 x 100 fp64 map (88 KB) and a 4000-pixel-wide image: neither the map nor the tap
-    # table fits the 40 KiB of dynamic shared memory, so both paths outside it run.
-    fmap = torch.randn(2, 3, 110, 100, dtype=torch.float64)
-    got = emu().activation_peaks(fmap, 5, 4000, 0.1)
-    assert_equal_outputs(got, ops.activation_peaks(fmap, 5, 4000, 0.1),
-                         ("peak_max", "peak_min", "energy"))
-
-
-def test_activation_peaks_emulated_bit_identical_on_thousands_of_maps():
-    """Energy and peaks the same bits as the C++ CPU kernel for 2048 random maps: every layout
-    and dtype, random sizes, maps with many near-ties (few distinct values)."""
-    gen = torch.Generator().manual_seed(5)
-    emu().set_schedule(2, 11)
-    n = 0
-    layouts = ["contiguous", "channels_last", "sliced", "permuted"]
-    dtypes = [torch.float32, torch.float16, torch.bfloat16]
-    for i in range(64):
-        B = 32
-        K = int(torch.randint(1, 70, (1,), generator=gen))
-        h, w = (int(v) for v in torch.randint(1, 9, (2,), generator=gen))
-        H, W = (int(v) for v in torch.randint(3, 40, (2,), generator=gen))
-        f = torch.randn(B, K, h, w, generator=gen)
-        if i % 3 == 0:  # few distinct values: exact ties and near-ties everywhere
-            f = torch.round(f * 2) / 2
-        fmap = relayout(f.to(dtypes[i % 3]), layouts[i % 4])
-        band = (0.0, 1.0 / 255.0, 0.3)[i % 3]
-        assert_equal_outputs(emu().activation_peaks(fmap, H, W, band),
-                             ops.activation_peaks(fmap, H, W, band),
-                             ("peak_max", "peak_min", "energy"))
-        n += B
-    emu().set_schedule(0, 0)
-    assert n == 2048
-
-
 # ---------------------------------------------------------------------------------- sample_boxes
 @pytest.mark.parametrize("B,H,W,C", [(1, 32, 32, 3), (130, 32, 32, 3), (33, 224, 224, 3),
                                      (16, 9, 300, 5)])
@@ -151,62 +81,6 @@ def test_sample_boxes_emulated_seeds_and_ids():
         ids = torch.tensor([0, 1, 2**32, 2**32 + 1, 2**40 + 5, -3])
         args = sample_boxes_args(6, 32, 32, 3, seed=seed, ids=ids)
         assert_equal_outputs(emu().sample_boxes(*args), R.sample_boxes(*args), range(5))
-
-
-# ------------------------------------------------------------------------------ erase_and_modulate
-def erase_inputs(B, C, H, W, N, dtype, layout, seed=3):
-    x = relayout(torch.randn(B, C, H, W).to(dtype), layout)
-    t = torch.softmax(torch.randn(B, N) * 3, dim=1).to(dtype)
-    boxes = ops.sample_boxes(*sample_boxes_args(B, H, W, C, seed=seed, fill_value=0.25))
-    return x, t, boxes
-
-
-ERASE_SHAPES = [(1, 3, 32, 32, 10), (7, 1, 5, 7, 2), (9, 3, 17, 9, 100), (4, 5, 40, 33, 3),
-                (3, 8, 8, 8, 40)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "permuted"])
-@pytest.mark.parametrize("shape", ERASE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_erase_and_modulate_emulated(schedule, dtype, layout, shape):
-    B, C, H, W, N = shape
-    x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, layout)
-    erased, targets = emu().erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
-    r_erased, r_targets = R.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
-    assert erased.stride() == r_erased.stride()
-    assert torch.equal(erased, r_erased)
-    rtol, atol = TOLERANCES[dtype]
-    torch.testing.assert_close(targets, r_targets, rtol=rtol, atol=atol)
-    assert torch.equal(targets, ops.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio,
-                                                       1.0)[1])
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
-def test_erase_and_modulate_backward_emulated(schedule, dtype, layout):
-    B, C, H, W, N = 6, 3, 11, 9, 37
-    x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(B, C, H, W, N, dtype, "contiguous")
-    ratio = ratio.clone()
-    ratio[0] = 5.0  # clamp active for sample 0
-    g = relayout(torch.randn(2 * B, C, H, W).to(dtype), layout)
-    gt = torch.randn(B, N).to(dtype)
-    gx, gtt = emu().erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
-    rgx, rgtt = R.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
-    rtol, atol = TOLERANCES[dtype]
-    torch.testing.assert_close(gx, rgx, rtol=rtol, atol=atol)
-    torch.testing.assert_close(gtt, rgtt, rtol=rtol, atol=atol)
-    assert gx.stride() == rgx.stride()
-    cpu_gx, cpu_gtt = ops.erase_and_modulate_backward(g, gt, t, bmax, bmin, ratio, 1.0)
-    assert torch.equal(gx, cpu_gx)
-
-
-def test_erase_and_modulate_emulated_empty_and_single_pixel():
-    x, t, (bmax, bmin, ratio, fmax, fmin) = erase_inputs(2, 1, 1, 1, 2, torch.float32,
-                                                         "contiguous")
-    erased, _ = emu().erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
-    assert torch.equal(erased, R.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)[0])
-    empty = emu().activation_peaks(torch.randn(0, 4, 4, 4), 32, 32, 0.0)
-    assert empty[0].shape == (0, 2) and empty[2].shape == (0, 4, 4)
 
 
 # ------------------------------------------------------------------------------------- anm_mask

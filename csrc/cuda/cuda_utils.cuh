@@ -31,6 +31,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <initializer_list>
 
 namespace anm_fast {
 namespace cuda {
@@ -43,6 +44,16 @@ inline void check_same_device(const char* op, const at::Tensor& ref, const at::T
                               const char* name) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
               " but the other arguments are on ", ref.device());
+}
+
+struct NamedTensor {
+  const at::Tensor& t;
+  const char* name;
+};
+
+inline void check_same_device(const char* op, const at::Tensor& ref,
+                              std::initializer_list<NamedTensor> args) {
+  for (const NamedTensor& a : args) check_same_device(op, ref, a.t, a.name);
 }
 
 template <typename T>

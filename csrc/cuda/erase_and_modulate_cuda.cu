@@ -157,6 +157,32 @@ EraseGrid erase_grid(const at::Tensor& in, int64_t B, int64_t N, int64_t vectors
                    C};
 }
 
+// The pass over `in` (x, or grad_erased whose second copy starts at `in2`) writing the dense
+// `out`: fn(in_ptr, out_ptr, VEC, NHWC, grid, blocks) for the dtype and the widest variant that
+// the layout and alignment allow.
+template <typename Fn>
+void with_erase_pass(const at::Tensor& in, const void* in2, at::Tensor& out, int64_t B, int64_t N,
+                     Fn&& fn) {
+  const int64_t C = in.size(1), H = in.size(2), W = in.size(3);
+  const bool nhwc = erased_memory_format(in) == at::MemoryFormat::ChannelsLast;
+  const int64_t L = nhwc ? W * C : W;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "erase_cuda", [&] {
+    const int64_t strides[4] = {in.stride(0), in.stride(1), in.stride(2), in.stride(3)};
+    const scalar_t* ip = in.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    int vec = vector_width(ip, strides, op, nhwc, C, L, sizeof(scalar_t));
+    if (vec > 1 && in2 != nullptr && !aligned_to(in2, 16)) vec = 1;
+    with_variant<scalar_t>(vec, nhwc, [&](auto V, auto layout) {
+      uint32_t blocks;
+      const EraseGrid g = erase_grid(in, B, N, C * H * W / decltype(V)::value, &blocks);
+      fn(ip, op, V, layout, g, blocks);
+    });
+  });
+}
+
+template <typename P>
+using elem_of = typename std::remove_const<typename std::remove_pointer<P>::type>::type;
+
 std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cuda(
     const at::Tensor& x, const at::Tensor& targets, const at::Tensor& box_max,
     const at::Tensor& box_min, const at::Tensor& fill_max, const at::Tensor& fill_min,
@@ -165,16 +191,11 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cuda(
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(on_kernel_device(x), "erase_and_modulate (CUDA): x must be a CUDA tensor");
   const char* op = "erase_and_modulate";
-  check_same_device(op, x, targets, "targets");
-  check_same_device(op, x, box_max, "box_max");
-  check_same_device(op, x, box_min, "box_min");
-  check_same_device(op, x, fill_max, "fill_max");
-  check_same_device(op, x, fill_min, "fill_min");
-  check_same_device(op, x, ratio, "ratio");
+  check_same_device(op, x, {{targets, "targets"}, {box_max, "box_max"}, {box_min, "box_min"},
+                            {fill_max, "fill_max"}, {fill_min, "fill_min"}, {ratio, "ratio"}});
   check_sample_size(op, C, H, W);
   DeviceGuard guard(x.device());
 
-  const bool nhwc = erased_memory_format(x) == at::MemoryFormat::ChannelsLast;
   at::Tensor erased = at::empty({2 * B, C, H, W},
                                 x.options().memory_format(erased_memory_format(x)));
   const int64_t N = targets.size(1);
@@ -183,25 +204,17 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_cuda(
   const HostArg bmax = arg_view(box_max, true), bmin = arg_view(box_min, true);
   const HostArg fmax = arg_view(fill_max, false), fmin = arg_view(fill_min, false);
   const HostArg r = arg_view(ratio, false), t = arg_view(targets, false);
-
-  const int64_t L = nhwc ? W * C : W;
+  const ArgView t_out = out_view(targets_out);
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "erase_cuda", [&] {
-    const int64_t strides[4] = {x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op_ = erased.data_ptr<scalar_t>();
-    const int vec = vector_width(xp, strides, op_, nhwc, C, L, sizeof(scalar_t));
-    with_variant<scalar_t>(vec, nhwc, [&](auto V, auto layout) {
-      constexpr int kVec = decltype(V)::value;
-      constexpr bool kNHWC = decltype(layout)::value;
-      uint32_t blocks;
-      const EraseGrid g = erase_grid(x, B, N, C * H * W / kVec, &blocks);
-      ANM_LAUNCH(blocks, kEraseThreads, 0, stream,
-                 erase_and_modulate_kernel<scalar_t, kVec, kNHWC>)(
-          xp, op_, g, bmax.view, bmin.view, fmax.view, fmin.view, r.view, t.view,
-          out_view(targets_out), label_gain);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  with_erase_pass(x, nullptr, erased, B, N,
+                  [&](const auto* xp, auto* out, auto V, auto layout, const EraseGrid& g,
+                      uint32_t blocks) {
+    using scalar_t = elem_of<decltype(xp)>;
+    ANM_LAUNCH(blocks, kEraseThreads, 0, stream,
+               erase_and_modulate_kernel<scalar_t, decltype(V)::value, decltype(layout)::value>)(
+        xp, out, g, bmax.view, bmin.view, fmax.view, fmin.view, r.view, t.view, t_out,
+        label_gain);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {erased, targets_out};
 }
@@ -216,46 +229,34 @@ std::tuple<at::Tensor, at::Tensor> erase_and_modulate_backward_cuda(
   TORCH_CHECK(on_kernel_device(grad_erased),
               "erase_and_modulate_backward (CUDA): grad_erased must be a CUDA tensor");
   const char* op = "erase_and_modulate_backward";
-  check_same_device(op, grad_erased, grad_targets, "grad_targets");
-  check_same_device(op, grad_erased, targets, "targets");
-  check_same_device(op, grad_erased, box_max, "box_max");
-  check_same_device(op, grad_erased, box_min, "box_min");
-  check_same_device(op, grad_erased, ratio, "ratio");
+  check_same_device(op, grad_erased, {{grad_targets, "grad_targets"}, {targets, "targets"},
+                                      {box_max, "box_max"}, {box_min, "box_min"},
+                                      {ratio, "ratio"}});
   check_sample_size(op, C, H, W);
   DeviceGuard guard(grad_erased.device());
 
-  const at::MemoryFormat fmt = erased_memory_format(grad_erased);
-  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
-  at::Tensor grad_x = at::empty({B, C, H, W}, grad_erased.options().memory_format(fmt));
+  at::Tensor grad_x = at::empty(
+      {B, C, H, W}, grad_erased.options().memory_format(erased_memory_format(grad_erased)));
   const int64_t N = targets.size(1);
   at::Tensor grad_t = at::empty({B, N}, grad_targets.options());
   if (B == 0) return {grad_x, grad_t};
   const HostArg bmax = arg_view(box_max, true), bmin = arg_view(box_min, true);
   const HostArg r = arg_view(ratio, false), t = arg_view(targets, false);
   const HostArg gt = arg_view(grad_targets, false);
-
-  const int64_t L = nhwc ? W * C : W;
+  const ArgView gt_out = out_view(grad_t);
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_erased.scalar_type(),
-                                  "erase_bwd_cuda", [&] {
-    const int64_t strides[4] = {grad_erased.stride(0), grad_erased.stride(1),
-                                grad_erased.stride(2), grad_erased.stride(3)};
-    const scalar_t* gp = grad_erased.const_data_ptr<scalar_t>();
-    scalar_t* op_ = grad_x.data_ptr<scalar_t>();
-    int vec = vector_width(gp, strides, op_, nhwc, C, L, sizeof(scalar_t));
-    // The second copy starts B * stride(0) further: it must be aligned too.
-    if (vec > 1 && !aligned_to(gp + B * strides[0], 16)) vec = 1;
-    with_variant<scalar_t>(vec, nhwc, [&](auto V, auto layout) {
-      constexpr int kVec = decltype(V)::value;
-      constexpr bool kNHWC = decltype(layout)::value;
-      uint32_t blocks;
-      const EraseGrid g = erase_grid(grad_erased, B, N, C * H * W / kVec, &blocks);
-      ANM_LAUNCH(blocks, kEraseThreads, 0, stream,
-                 erase_and_modulate_backward_kernel<scalar_t, kVec, kNHWC>)(
-          gp, op_, g, bmax.view, bmin.view, r.view, gt.view, t.view, out_view(grad_t),
-          label_gain);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  // The second copy starts B * stride(0) further: it must be aligned too for vector loads.
+  const void* second = static_cast<const char*>(grad_erased.const_data_ptr()) +
+                       B * grad_erased.stride(0) * grad_erased.element_size();
+  with_erase_pass(grad_erased, second, grad_x, B, N,
+                  [&](const auto* gp, auto* out, auto V, auto layout, const EraseGrid& g,
+                      uint32_t blocks) {
+    using scalar_t = elem_of<decltype(gp)>;
+    ANM_LAUNCH(blocks, kEraseThreads, 0, stream,
+               erase_and_modulate_backward_kernel<scalar_t, decltype(V)::value,
+                                                  decltype(layout)::value>)(
+        gp, out, g, bmax.view, bmin.view, r.view, gt.view, t.view, gt_out, label_gain);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_x, grad_t};
 }

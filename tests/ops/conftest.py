@@ -6,7 +6,9 @@
                  interpreter without a GPU (tests/conftest.py sets TRITON_INTERPRET=1), on CUDA
                  tensors with one; marker `triton`
   cuda_emulated  the CUDA kernels compiled for the CUDA emulation (torch.ops.anm_fast_emulated on
-                 CPU tensors); marker `cuda_emulated`
+                 CPU tensors); marker `cuda_emulated`. Each test runs under one of the
+                 emulation's thread schedules (SCHEDULES), picked from its test id, so the suite
+                 runs every kernel under all of them and a failure reproduces by its id alone
   cuda           the compiled CUDA kernels on a GPU
 Each test builds its inputs on the CPU, runs `backend(op, *args)` (inputs moved to the backend's
 device, outputs brought back) and compares with anm_fast.reference on the CPU.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import zlib
 
 import pytest
 import torch
@@ -23,10 +26,19 @@ import anm_fast
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+# The emulation's schedules, (order, seed): 0 lowest thread / block index first, 1 highest first,
+# 2 a seeded random order. A missing barrier or a race changes a result under some of them.
+SCHEDULES = {"lowest": (0, 0), "highest": (1, 0), "random1": (2, 1), "random2": (2, 2)}
+
+
+def schedule_for(test_id: str) -> str:
+    return list(SCHEDULES)[zlib.crc32(test_id.encode()) % len(SCHEDULES)]
+
 
 class Backend:
     def __init__(self, name: str, device: str, ops):
         self.name, self.device, self._ops = name, device, ops
+        self.schedule = None  # the emulation's thread schedule (cuda_emulated)
         # The interpreter runs one Python program per sample: large cases are for compiled code.
         self.interpreted = name == "triton" and device == "cpu"
         # Triton's interpreter rounds float32 -> bfloat16 toward zero (GPUs round to nearest, as
@@ -40,7 +52,7 @@ class Backend:
         return tuple(o.cpu() for o in out)
 
     def __repr__(self):
-        return self.name
+        return self.name if self.schedule is None else f"{self.name}[{self.schedule}]"
 
     def has(self, op: str) -> bool:
         try:
@@ -71,6 +83,23 @@ def _emulated_ops():
     except ImportError:
         return None
     return torch.ops.anm_fast_emulated
+
+
+@pytest.fixture(params=["cuda", "triton"])
+def gpu_backend(request):
+    """For what only a GPU shows: each GPU backend in turn serves the CUDA dispatch key (the ops,
+    the API and autograd), on CUDA tensors. Skips without a GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    name = request.param
+    if name == "cuda" and not anm_fast.has_cuda_kernels():
+        pytest.skip("anm_fast was built without CUDA kernels")
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    previous = anm_fast.get_backend()
+    assert anm_fast.set_backend(name) == name
+    yield name
+    anm_fast.set_backend(previous)
 
 
 @pytest.fixture
@@ -122,7 +151,11 @@ def backend(request):
         ops = _emulated_ops()
         if ops is None:
             pytest.skip("anm_fast._C_emulated is not built")
-        yield Backend("cuda_emulated", "cpu", ops)
+        b = Backend("cuda_emulated", "cpu", ops)
+        b.schedule = schedule_for(request.node.nodeid)
+        ops.set_schedule(*SCHEDULES[b.schedule])
+        yield b
+        ops.set_schedule(0, 0)
     else:
         if not anm_fast.has_cuda_kernels():
             pytest.skip("anm_fast was built without CUDA kernels")

@@ -126,3 +126,44 @@ def test_bit_identical_on_random_maps(backend, case):
     # ~60 batches of up to 48 maps: over a thousand random maps per backend and run
     fmap, H, W, band = case
     assert_same_as_reference(backend("activation_peaks", fmap, H, W, band), fmap, H, W, band)
+
+
+def test_maps_and_taps_past_shared_memory(backend):
+    # A 110 x 100 float64 map (88 KB) and a 4000-pixel-wide image: neither the map nor the tap
+    # table fits a CUDA block's shared memory, so both paths outside it run.
+    backend.skip_large(2 * 3 * 110 * 100 + 2 * 5 * 4000)
+    fmap = torch.randn(2, 3, 110, 100, dtype=torch.float64)
+    assert_same_as_reference(backend("activation_peaks", fmap, 5, 4000, 0.1), fmap, 5, 4000, 0.1)
+
+
+def test_bit_identical_on_thousands_of_maps(backend):
+    """2048 random maps (64 batches of 32): every layout, the three half and single precision
+    dtypes, random sizes, maps with many exact and near ties (few distinct values)."""
+    if backend.interpreted:
+        pytest.skip("the interpreter takes the hypothesis maps (test_bit_identical_on_random_maps)")
+    gen = torch.Generator().manual_seed(5)
+    dtypes = [torch.float32, torch.float16, torch.bfloat16]
+    for i in range(64):
+        K = int(torch.randint(1, 70, (1,), generator=gen))
+        h, w = (int(v) for v in torch.randint(1, 9, (2,), generator=gen))
+        H, W = (int(v) for v in torch.randint(3, 40, (2,), generator=gen))
+        f = torch.randn(32, K, h, w, generator=gen)
+        if i % 3 == 0:
+            f = torch.round(f * 2) / 2
+        fmap = relayout(f.to(dtypes[i % 3]), LAYOUTS[i % 4])
+        band = (0.0, 1.0 / 255.0, 0.3)[i % 3]
+        assert_same_as_reference(backend("activation_peaks", fmap, H, W, band), fmap, H, W, band)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_reference_is_the_same_bits_on_cuda_and_cpu():
+    # The oracle itself must not depend on the device: ATen divides by a Python number as a
+    # multiply by its reciprocal on CUDA, so every division in the reference is by a tensor.
+    for n_in in range(1, 40):
+        for n_out in (1, 3, 7, 13, 31, 32, 49, 224, 225, 1000):
+            for a, b in zip(R.linear_taps(n_in, n_out, "cuda"), R.linear_taps(n_in, n_out, "cpu")):
+                assert torch.equal(a.cpu(), b), (n_in, n_out)
+    fmap = torch.randn(16, 64, 7, 7, generator=torch.Generator().manual_seed(4))
+    for a, b in zip(R.activation_peaks(fmap.cuda(), 224, 224, 1.0 / 255),
+                    R.activation_peaks(fmap, 224, 224, 1.0 / 255)):
+        assert torch.equal(a.cpu(), b)

@@ -4,13 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import anm_fast
 from anm_fast import reference as R
 from anm_fast.testing import TOLERANCES, relayout, sample_boxes_args
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SHAPES = [(1, 3, 32, 32, 10), (7, 1, 5, 7, 2), (3, 3, 17, 9, 100), (2, 5, 40, 33, 3),
           (2, 2, 8, 8, 1500), (64, 3, 17, 9, 100), (1024, 3, 8, 8, 10), (2, 3, 224, 224, 10),
-          (1024, 3, 32, 32, 10), (3, 5, 17, 13, 10), (4, 8, 16, 16, 10), (2, 1, 9, 8, 10)]
+          (1024, 3, 32, 32, 10), (3, 5, 17, 13, 10), (4, 8, 16, 16, 10), (2, 1, 9, 8, 10),
+          (2, 1, 1, 1, 2)]
 
 
 def layout_of(t, kind):
@@ -65,6 +67,9 @@ def test_matches_reference(backend, shape, dtype, kind):
         rtol, atol = TOLERANCES[t_dtype]
         assert targets.dtype == t_dtype and targets.is_contiguous()
         torch.testing.assert_close(targets, r_targets, rtol=rtol, atol=atol)
+        if backend.name in ("cuda_emulated", "cuda"):  # the C++ CPU kernel's steps, bit for bit
+            assert torch.equal(targets, torch.ops.anm_fast.erase_and_modulate(
+                x, tt, bmax, bmin, fmax, fmin, ratio, gain)[1])
         if t_dtype == dtype and dtype in (torch.float32, torch.float64):
             torch.testing.assert_close(targets.sum(1), torch.ones(B, dtype=t_dtype), rtol=0,
                                        atol=1e-5)
@@ -141,6 +146,9 @@ def test_backward_matches_reference(backend, shape, dtype, kind):
         assert gx.stride() == rgx.stride(), "grad_x layout differs from the rule"
         torch.testing.assert_close(gx, rgx, rtol=rtol, atol=atol)
         torch.testing.assert_close(gtt, rgtt, rtol=rtol, atol=atol)
+        if backend.name in ("cuda_emulated", "cuda"):  # the C++ CPU kernel's sums, bit for bit
+            assert torch.equal(gx, torch.ops.anm_fast.erase_and_modulate_backward(
+                g, gt, t, bmax, bmin, ratio, gain)[0])
 
 
 def test_empty_batch(backend):
@@ -277,3 +285,42 @@ def test_cuda_kernels_refuse_images_past_32_bit_offsets(emulated_ops):
         ops.erase_and_modulate(x, t, box, box, f, f, r, 1.0)
     with pytest.raises(ValueError, match="one image of 2 x 32768 x 32768"):
         ops.erase_and_modulate_backward(x.expand(2, 2, 2**15, 2**15), t, t, box, box, r, 1.0)
+
+
+# ---------------------------------------------------------------- what only a GPU shows
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_gradcheck_float64_on_the_gpu(gpu_backend, kind):
+    B, C, H, W = 2, 3, 8, 9
+    x = relayout(torch.randn(B, C, H, W, dtype=torch.float64, device="cuda"), kind)
+    x.requires_grad_(True)
+    # sample 0: shift 0.05 < t_k = 0.6 (pass-through); sample 1: shift 0.9 > t_k = 0.3 (clamped)
+    t = torch.tensor([[0.6, 0.1, 0.1, 0.1, 0.1], [0.3, 0.2, 0.2, 0.2, 0.1]], dtype=torch.float64,
+                     device="cuda", requires_grad=True)
+    ratio = torch.tensor([0.05, 0.9], device="cuda")
+    box_max = torch.tensor([[1, 2, 3, 4], [0, 0, 8, 2]], device="cuda")
+    box_min = torch.tensor([[5, 5, 3, 4], [2, 3, 1, 1]], device="cuda")
+    fills = torch.rand(B, C, device="cuda")
+
+    def f(x, t):
+        return anm_fast.erase_and_modulate(x, t, box_max, box_min, fills, fills, ratio)
+
+    assert torch.autograd.gradcheck(f, (x, t))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_reference_labels_are_the_same_bits_on_cuda_and_cpu():
+    # ATen divides by a Python number as a multiply by its reciprocal on CUDA: the reference
+    # divides by a tensor, so the oracle does not depend on the device.
+    gen = torch.Generator().manual_seed(4)
+    for N in (2, 3, 7, 10, 100, 1000):
+        t = torch.softmax(torch.randn(64, N, generator=gen) * 3, 1)
+        ratio = torch.rand(64, generator=gen)
+        g = torch.randn(64, N, generator=gen)
+        assert torch.equal(R.modulate_targets(t.cuda(), ratio.cuda(), 1.5).cpu(),
+                           R.modulate_targets(t, ratio, 1.5))
+        box = torch.zeros(64, 4, dtype=torch.int64)
+        x = torch.zeros(128, 1, 2, 2)
+        cpu = R.erase_and_modulate_backward(x, g, t, box, box, ratio, 1.5)
+        gpu = R.erase_and_modulate_backward(x.cuda(), g.cuda(), t.cuda(), box.cuda(), box.cuda(),
+                                            ratio.cuda(), 1.5)
+        torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-6, atol=1e-7)  # sums' order
