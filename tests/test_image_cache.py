@@ -83,7 +83,11 @@ def test_unreadable_image_is_a_clear_error_from_the_pool(tmp_path, cache):
         D.load_dataset("imagefolder", str(tmp_path / "d"), image_size=8)
 
 
-def test_cifar10_class_folder_uses_cifar10_noise_and_presets(tmp_path, cache, capsys):
+def test_cifar10_class_folder_uses_cifar10_noise_and_presets(tmp_path, cache, capsys,
+                                                            monkeypatch):
+    import torch
+
+    from anm_fast.train import loop
     from anm_fast.train.cli import main
 
     write_folder(tmp_path / "d", list(D.CIFAR10_CLASSES), per_class=4, size=32)
@@ -91,8 +95,17 @@ def test_cifar10_class_folder_uses_cifar10_noise_and_presets(tmp_path, cache, ca
     assert b.preset == "cifar10"
     assert np.bincount(b.y_train, minlength=10).tolist() == [2] * 10   # spread over classes
     assert D.image_folder_preset(str(tmp_path / "d")) == "cifar10"
+    # on a CPU the CIFAR-10 recipe would take days: the CPU preset, with CIFAR-10's noise maps
     assert main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "d"),
                  "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["settings"]["preset"] == "small-images-cpu"
+    assert cfg["hyper_parameters"]["dividemix-anm"]["model"] == "small_cnn"
+    # on a GPU: the CIFAR-10 preset
+    with monkeypatch.context() as m:
+        m.setattr(loop, "choose_device", lambda name: torch.device("cuda"))
+        assert main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "d"),
+                     "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["settings"]["preset"] == "cifar10"
     assert cfg["hyper_parameters"]["dividemix-anm"]["model"] == "preact_resnet18"

@@ -21,6 +21,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import duration
 from . import preempt
 from . import reporting
 from .data import DataBundle
@@ -106,10 +107,12 @@ def _train_one(r: _Run, *, stop_after, on_checkpoint):
     best_acc = max([row["test_acc"] for row in log.rows() if row.get("test_acc") is not None]
                    or [0.0]) if main else 0.0
     warned = False
+    pace = duration.Pace(method, r.tag, start, r.epochs) if main and start < r.epochs else None
     for epoch in range(start, r.epochs):
         row = _train_epoch(r, method, epoch)
         if main:
             log.write(row)
+            pace.epoch_done(epoch, row["seconds"])
             best_acc, warned = _collapse_warning(r.method_name, r.seed, epoch, row["test_acc"],
                                                  best_acc, r.hp, r.data.num_classes, warned)
             _print_epoch(r, epoch, row)

@@ -18,6 +18,8 @@ from .base import Method, sharpen
 class ANM(Method):
     name = "anm"
     uses_anm = True
+    # a guessing forward, the clean and the two erased batches forward + backward, the decoder
+    train_passes = 4.5
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -283,6 +283,15 @@ class Method:
     def nets(self) -> List[torch.nn.Module]:
         raise NotImplementedError
 
+    # What one iteration costs, in forward + backward passes over one batch (a forward alone
+    # counts a third): the run-time estimate of duration.py, which the measured pace replaces
+    # after the first epoch. Warm-up epochs, then training epochs.
+    warmup_passes = 1.0
+    train_passes = 1.0
+
+    def passes(self, epoch: int) -> float:
+        return self.warmup_passes if epoch < int(self.hp.get("warmup", 0)) else self.train_passes
+
     def train_epoch(self, epoch: int, bar=None) -> Dict[str, float]:
         raise NotImplementedError
 

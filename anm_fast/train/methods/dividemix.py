@@ -24,6 +24,11 @@ from .anm_parts import masked_step_inputs
 class DivideMix(Method):
     name = "dividemix"
     uses_anm = False
+    # a MixMatch step: 4 batches (two views of the labeled and of the unlabeled split) forward +
+    # backward, 8 guessing forwards (4 views x 2 networks), co-divide and the mixing: about 8.5
+    # (scaled from dividemix-anm's measured 15 by the two methods' cost ratio in
+    # docs/RESULTS_TRAINING.md); a warm-up iteration is warmup_batch_factor batches (passes())
+    train_passes = 8.5
     # views "sanm": the release's MixMatch views per branch (the erased copies come on top)
     _RELEASED_MIX_VIEWS = ("autoaugment", "autoaugment", "randaugment", "randaugment")
 
@@ -34,6 +39,11 @@ class DivideMix(Method):
 
     def nets(self):
         return [self.net1, self.net2]
+
+    def passes(self, epoch):
+        if epoch < self.hp["warmup"]:
+            return float(self.hp["warmup_batch_factor"])
+        return self.train_passes
 
     def iterations(self, epoch):
         if epoch < self.hp["warmup"]:
@@ -247,3 +257,7 @@ class DivideMix(Method):
 class DivideMixANM(DivideMix):
     name = "dividemix-anm"
     uses_anm = True
+    # the erased copies double the MixMatch batches; the masks' feature pass and the decoder.
+    # Measured with the small-images-cpu preset (digits PNGs, 3,000 CIFAR-10 JPEGs): a training
+    # epoch took 13-16x a warm-up epoch's time per iteration.
+    train_passes = 15.0
