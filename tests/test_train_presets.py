@@ -99,7 +99,7 @@ def test_named_preset_and_timm_model(tmp_path, capsys):
 
 
 def test_collapse_after_warmup_is_reported_once(capsys):
-    from anm_fast.train.loop import _collapse_warning
+    from anm_fast.train.single_run import _collapse_warning
 
     best, warned = 0.0, False
     for epoch, acc in enumerate([0.6, 0.8, 0.12, 0.11]):
