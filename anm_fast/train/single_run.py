@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -256,12 +257,11 @@ def _names(data: DataBundle) -> Optional[List[str]]:
 
 
 def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: str, n: int = 8):
-    """What ANM erases: the n/2 lowest- and n/2 highest-quality training images with their
-    activation energy and the two boxes (red: around the activation peak, blue: around the
-    minimum); lower quality means larger boxes."""
+    """What ANM erases (for a method that uses ANM): the n/2 lowest- and n/2 highest-quality
+    training images with their activation energy and the two boxes (red: around the activation
+    peak, blue: around the minimum); lower quality means larger boxes."""
     from ..api import anm_mask
     from ..masked import capture_features
-    from .presets import anm_config
 
     net = method.nets()[0]
     order = np.argsort(q, kind="stable")
@@ -272,9 +272,7 @@ def gallery(method, data: DataBundle, labels: NoisyLabels, q: np.ndarray, path: 
     qb = torch.as_tensor(q[idx.numpy()], dtype=torch.float32, device=x.device).clamp(0, 1)
     labels_t = torch.as_tensor(labels.noisy[idx.numpy()], device=x.device)
     mb = anm_mask(x.contiguous(), fmap.contiguous(), labels_t, qb,
-                  config=anm_config(method.hp), seed=0, num_classes=data.num_classes)
-    import torch.nn.functional as F
-
+                  config=method.anm_cfg, seed=0, num_classes=data.num_classes)
     energy = F.interpolate(mb.energy[:, None], size=x.shape[-2:], mode="bilinear",
                            align_corners=False)[:, 0]
     names = [f"y={int(labels_t[i])} q={float(qb[i]):.2f}" for i in range(len(idx))]
