@@ -113,10 +113,10 @@ def _train_one(r: _Run, *, stop_after, on_checkpoint):
         row = _train_epoch(r, method, epoch)
         if main:
             log.write(row)
-            pace.epoch_done(epoch, row["seconds"])
             best_acc, warned = _collapse_warning(r.method_name, r.seed, epoch, row["test_acc"],
                                                  best_acc, r.hp, r.data.num_classes, warned)
             _print_epoch(r, epoch, row)
+            pace.epoch_done(epoch, row["seconds"])
         _save_checkpoint(r, method, epoch, identity, log, on_checkpoint)
         if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < r.epochs:
             return None
