@@ -21,18 +21,16 @@ FUSED_CPU_OPS = ("anm_mask",)
 # Kept identical to csrc/ops.cpp (a test compares them when the extension is loaded).
 SCHEMAS = {
     "anm_mask": "(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor sample_ids, "
-                "Tensor seed, float band, float area_lo, float area_hi, float quality_gain, "
-                "float aspect_lo, float area_scale, bool center_anchor, bool uniform_fill, "
-                "Tensor fill_value, float label_gain, bool check_values) -> "
+                "Tensor seed, float band, float[] box_params, Tensor fill_value, "
+                "float label_gain, bool check_values) -> "
                 "(Tensor erased, Tensor targets_out, Tensor box_max, Tensor box_min, "
                 "Tensor ratio, Tensor fill_max, Tensor fill_min, Tensor peak_max, "
                 "Tensor peak_min, Tensor energy, Tensor seed_out)",
     "activation_peaks": "(Tensor fmap, int height, int width, float band) -> "
                         "(Tensor peak_max, Tensor peak_min, Tensor energy)",
     "sample_boxes": "(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
-                    "Tensor seed, int height, int width, int channels, float area_lo, "
-                    "float area_hi, float quality_gain, float aspect_lo, float area_scale, "
-                    "bool center_anchor, bool uniform_fill, Tensor fill_value) -> "
+                    "Tensor seed, int height, int width, int channels, float[] box_params, "
+                    "Tensor fill_value) -> "
                     "(Tensor box_max, Tensor box_min, Tensor ratio, Tensor fill_max, "
                     "Tensor fill_min)",
     "erase_and_modulate": "(Tensor x, Tensor targets, Tensor box_max, Tensor box_min, "
@@ -69,8 +67,7 @@ def _activation_peaks_fake(fmap, height, width, band):
 
 @torch.library.register_fake("anm_fast::sample_boxes")
 def _sample_boxes_fake(peak_max, peak_min, quality, sample_ids, seed, height, width, channels,
-                       area_lo, area_hi, quality_gain, aspect_lo, area_scale, center_anchor,
-                       uniform_fill, fill_value):
+                       box_params, fill_value):
     B = peak_max.shape[0]
     box = lambda: peak_max.new_empty((B, 4), dtype=torch.int64)  # noqa: E731
     fill = lambda: peak_max.new_empty((B, channels), dtype=torch.float32)  # noqa: E731
@@ -96,15 +93,13 @@ def _erase_and_modulate_backward_fake(grad_erased, grad_targets, targets, box_ma
 
 if _ext.has_extension():
     @torch.library.register_fake("anm_fast::anm_mask")
-    def _anm_mask_fake(x, fmap, targets, quality, sample_ids, seed, band, area_lo, area_hi,
-                       quality_gain, aspect_lo, area_scale, center_anchor, uniform_fill,
-                       fill_value, label_gain, check_values):
+    def _anm_mask_fake(x, fmap, targets, quality, sample_ids, seed, band, box_params, fill_value,
+                       label_gain, check_values):
         B, C, _, _ = x.shape
         erased, targets_out = _erase_and_modulate_fake(x, targets, None, None, None, None, None,
                                                        label_gain)
         boxes = _sample_boxes_fake(x.new_empty((B, 2), dtype=torch.int64), None, quality,
-                                   sample_ids, seed, 0, 0, C, area_lo, area_hi, quality_gain,
-                                   aspect_lo, area_scale, center_anchor, uniform_fill, fill_value)
+                                   sample_ids, seed, 0, 0, C, box_params, fill_value)
         peaks = _activation_peaks_fake(fmap, 0, 0, band)
         return (erased, targets_out, *boxes, *peaks, x.new_empty((), dtype=torch.int64))
 
@@ -138,7 +133,7 @@ if _ext.has_extension():
     # The fused op's gradient is the erase op's (the one-pass erase backward): peaks, boxes and
     # fills are not differentiable; x and targets are.
     def _anm_mask_setup_context(ctx, inputs, output):
-        x, targets, label_gain = inputs[0], inputs[2], inputs[15]
+        x, targets, label_gain = inputs[0], inputs[2], inputs[9]
         box_max, box_min, ratio = output[2], output[3], output[4]
         ctx.save_for_backward(targets, box_max, box_min, ratio)
         ctx.label_gain = label_gain
@@ -147,7 +142,7 @@ if _ext.has_extension():
 
     def _anm_mask_backward(ctx, grad_erased, grad_targets, *_unused):
         grad_x, grad_t = _erase_backward(ctx, grad_erased, grad_targets)[:2]
-        return (grad_x, None, grad_t) + (None,) * 14
+        return (grad_x, None, grad_t) + (None,) * 8
 
     torch.library.register_autograd("anm_fast::anm_mask", _anm_mask_backward,
                                     setup_context=_anm_mask_setup_context)

@@ -156,12 +156,10 @@ def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_
 
 def _sample_boxes(pmax, pmin, q, ids, seed_t, H: int, W: int, C: int,
                   config: ANMConfig) -> Boxes:
-    uniform, values = config.fill_values(C)
+    _, values = config.fill_values(C)
     fill_value = _fill_tensor(values)
-    return Boxes(*ops.sample_boxes(
-        pmax, pmin, q, ids, seed_t, H, W, C, float(config.area_lo), float(config.area_hi),
-        float(config.quality_gain), float(config.aspect_lo), float(config.area_scale),
-        config.anchor == "center", uniform, fill_value))
+    return Boxes(*ops.sample_boxes(pmax, pmin, q, ids, seed_t, H, W, C, config.box_params(),
+                                   fill_value))
 
 
 _DEFAULT_CONFIG = ANMConfig()
@@ -258,10 +256,9 @@ def _fused_op_args(config: ANMConfig, C: int, cached: bool = True) -> tuple:
 
 @functools.lru_cache(maxsize=64)
 def _fused_op_args_cached(config: ANMConfig, C: int) -> tuple:
-    uniform, values = config.fill_values(C)
-    return (float(config.band), float(config.area_lo), float(config.area_hi),
-            float(config.quality_gain), float(config.aspect_lo), float(config.area_scale),
-            config.anchor == "center", uniform, _fill_tensor(values), float(config.label_gain))
+    _, values = config.fill_values(C)
+    return (float(config.band), config.box_params(), _fill_tensor(values),
+            float(config.label_gain))
 
 
 _Tensor = torch.Tensor

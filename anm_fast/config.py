@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Tuple, Union
+from typing import NamedTuple, Tuple, Union
 
 import numpy as np
 
@@ -43,6 +43,41 @@ def _fill_spec(fill):
         raise ValueError(f"ANMConfig.fill values must be finite float32 numbers and non-empty, "
                          f"got {fill!r}")
     return values
+
+
+class BoxParams(NamedTuple):
+    """The box parameters as the ops take them: ONE `box_params` list of floats, in this field
+    order (csrc/anm_common.h's BoxParams reads the same order; the flags travel as 1.0 / 0.0).
+    `ANMConfig.box_params()` packs it; the Python kernels (reference, Triton) read it back with
+    `BoxParams.unpack`, so a new box knob is a field here and in anm_common.h."""
+
+    area_lo: float
+    area_hi: float
+    quality_gain: float
+    aspect_lo: float
+    area_scale: float
+    center_anchor: bool  # the box is centred on the peak (else the peak is its top-left corner)
+    uniform_fill: bool   # fills drawn from U(0, 1) (else the op's fill_value)
+
+    def pack(self) -> list:
+        return [float(v) for v in self]
+
+    @classmethod
+    def unpack(cls, values) -> "BoxParams":
+        """The fields of a packed list; a ValueError names the layout when it does not fit."""
+        values = list(values)
+        if len(values) != len(cls._fields):
+            raise ValueError(f"box_params must hold {len(cls._fields)} values "
+                             f"({', '.join(cls._fields)}; anm_fast.config.BoxParams), got "
+                             f"{len(values)}")
+        fields = {}
+        for name, v in zip(cls._fields, values):
+            if cls.__annotations__[name] in (bool, "bool"):
+                if v not in (0.0, 1.0):
+                    raise ValueError(f"box_params' {name} must be 0 or 1, got {v!r}")
+                v = bool(v)
+            fields[name] = v
+        return cls(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +159,11 @@ class ANMConfig:
 
     def replace(self, **changes) -> "ANMConfig":
         return dataclasses.replace(self, **changes)
+
+    def box_params(self) -> list:
+        """The ops' `box_params` argument for this config (see BoxParams)."""
+        return BoxParams(self.area_lo, self.area_hi, self.quality_gain, self.aspect_lo,
+                         self.area_scale, self.anchor == "center", self.fill == "uniform").pack()
 
     def fill_values(self, channels: int):
         """(uniform, values): values is a list of `channels` floats used when not uniform."""

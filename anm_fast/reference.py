@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import BoxParams
+
 # ------------------------------------------------------------------------------------------------
 # Philox4x32-10 on int64 tensors holding uint32 values (torch has no full uint32 arithmetic).
 _MASK32 = 0xFFFFFFFF
@@ -175,13 +177,13 @@ def round_half_even(v: torch.Tensor) -> torch.Tensor:
     return f + up.to(v.dtype)
 
 
-def box_geometry(u_area, u_aspect, quality, height, width, area_lo, area_hi, quality_gain,
-                 aspect_lo, area_scale):
+def box_geometry(u_area, u_aspect, quality, height, width, p: BoxParams):
     """Mask ratio s (float64) and box height/width (int64) from two uniform draws per sample."""
-    s = (area_lo + (area_hi - area_lo) * u_area) + quality_gain * (1.0 - quality.to(torch.float64))
-    hi_aspect = 1.0 / aspect_lo
-    rho = aspect_lo + (hi_aspect - aspect_lo) * u_aspect
-    area = area_scale * s * float(height) * float(width)
+    s = ((p.area_lo + (p.area_hi - p.area_lo) * u_area)
+         + p.quality_gain * (1.0 - quality.to(torch.float64)))
+    hi_aspect = 1.0 / p.aspect_lo
+    rho = p.aspect_lo + (hi_aspect - p.aspect_lo) * u_aspect
+    area = p.area_scale * s * float(height) * float(width)
     bh = round_half_even(sqrt_rn(area * rho)).clamp(1.0, float(height)).to(torch.int64)
     bw = round_half_even(sqrt_rn(area / rho)).clamp(1.0, float(width)).to(torch.int64)
     return s, bh, bw
@@ -199,19 +201,17 @@ def place_box(peak: torch.Tensor, bh: torch.Tensor, bw: torch.Tensor, height: in
 
 
 def sample_boxes(peak_max, peak_min, quality, sample_ids, seed, height: int, width: int,
-                 channels: int, area_lo: float, area_hi: float, quality_gain: float,
-                 aspect_lo: float, area_scale: float, center_anchor: bool, uniform_fill: bool,
-                 fill_value):
+                 channels: int, box_params, fill_value):
+    p = BoxParams.unpack(box_params)
     device = peak_max.device
     ids = sample_ids.to(device=device, dtype=torch.int64)
     seed = seed.to(device)
     w0, w1, _, _ = sample_stream(seed, ids, GEOMETRY_BLOCK)
-    s, bh, bw = box_geometry(uniform_f64(w0), uniform_f64(w1), quality, height, width, area_lo,
-                             area_hi, quality_gain, aspect_lo, area_scale)
-    box_max = place_box(peak_max.to(torch.int64), bh, bw, height, width, center_anchor)
-    box_min = place_box(peak_min.to(torch.int64), bh, bw, height, width, center_anchor)
+    s, bh, bw = box_geometry(uniform_f64(w0), uniform_f64(w1), quality, height, width, p)
+    box_max = place_box(peak_max.to(torch.int64), bh, bw, height, width, p.center_anchor)
+    box_min = place_box(peak_min.to(torch.int64), bh, bw, height, width, p.center_anchor)
     B = ids.shape[0]
-    if uniform_fill:
+    if p.uniform_fill:
         n_blocks = (2 * channels + 3) // 4
         words = [torch.stack(sample_stream(seed, ids, FILL_BLOCK0 + j), dim=1)
                  for j in range(n_blocks)]
@@ -309,18 +309,15 @@ def erase_and_modulate_backward(grad_erased, grad_targets, targets, box_max, box
 
 # ------------------------------------------------------------------------------------------------
 # Stages 1-3 in one call.
-def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, area_lo: float,
-             area_hi: float, quality_gain: float, aspect_lo: float, area_scale: float,
-             center_anchor: bool, uniform_fill: bool, fill_value, label_gain: float,
-             check_values: bool):
+def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, box_params, fill_value,
+             label_gain: float, check_values: bool):
     """activation_peaks -> sample_boxes -> erase_and_modulate, with the outputs of
     torch.ops.anm_fast.anm_mask (the seed handed back last). The value checks (`check_values`)
     are the caller's."""
     B, C, H, W = x.shape
     peak_max, peak_min, energy = activation_peaks(fmap, H, W, band)
-    boxes = sample_boxes(peak_max, peak_min, quality, sample_ids, seed, H, W, C, area_lo,
-                         area_hi, quality_gain, aspect_lo, area_scale, center_anchor,
-                         uniform_fill, fill_value)
+    boxes = sample_boxes(peak_max, peak_min, quality, sample_ids, seed, H, W, C, box_params,
+                         fill_value)
     box_max, box_min, ratio, fill_max, fill_min = boxes
     erased, targets_out = erase_and_modulate(x, targets, box_max, box_min, fill_max, fill_min,
                                              ratio, label_gain)

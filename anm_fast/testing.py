@@ -97,9 +97,20 @@ def sample_boxes_args(B, H, W, C, device="cpu", seed=7, anchor=True, uniform=Tru
         fill = torch.linspace(-1.0, 1.0, C)
     else:
         fill = torch.full((C,), float(fill_value))
+    box_params = cfg.replace(anchor="center" if anchor else "corner",
+                             fill="uniform" if uniform else "zero").box_params()
     return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in (
-        pmax, pmin, q, ids, torch.tensor(seed), H, W, C, cfg.area_lo, cfg.area_hi,
-        cfg.quality_gain, cfg.aspect_lo, cfg.area_scale, anchor, uniform, fill))
+        pmax, pmin, q, ids, torch.tensor(seed), H, W, C, box_params, fill))
+
+
+def anm_mask_args(x, fmap, targets, quality, sample_ids, seed, config=None, check=True):
+    """Positional arguments of torch.ops.anm_fast.anm_mask for `config` (default ANMConfig()),
+    the seed an int or a tensor."""
+    cfg = config or ANMConfig()
+    _, values = cfg.fill_values(x.shape[1])
+    seed = seed if isinstance(seed, torch.Tensor) else torch.tensor(seed)
+    return (x, fmap, targets, quality, sample_ids, seed, float(cfg.band), cfg.box_params(),
+            torch.tensor(values, dtype=torch.float32), float(cfg.label_gain), check)
 
 
 def assert_same_state(a, b, where: str = "state") -> None:

@@ -145,8 +145,7 @@ def eager_anm(x, fmap, targets, quality, seed, sample_ids, H: int, W: int, C: in
     """The eager vectorised reference (peaks, boxes, erasing) with the default (cifar) config."""
     pmax, pmin, _ = R.activation_peaks(fmap, H, W, CFG.band)
     bmax, bmin, ratio, fmax, fmin = R.sample_boxes(
-        pmax, pmin, quality, sample_ids, seed, H, W, C, CFG.area_lo, CFG.area_hi,
-        CFG.quality_gain, CFG.aspect_lo, CFG.area_scale, CFG.anchor == "center", True,
+        pmax, pmin, quality, sample_ids, seed, H, W, C, CFG.box_params(),
         torch.zeros(C, device=x.device))
     return R.erase_and_modulate(x, targets, bmax, bmin, fmax, fmin, ratio, CFG.label_gain)
 
@@ -157,14 +156,11 @@ def fused_ops_anm(x, fmap, targets, quality, seed, sample_ids, H: int, W: int, C
     layer): kernel time. On the CPU that is the single fused op; on a GPU the three ops."""
     ops = torch.ops.anm_fast
     if x.device.type == "cpu" and anm_fast.has_extension():
-        return ops.anm_mask(x, fmap, targets, quality, sample_ids, seed, CFG.band, CFG.area_lo,
-                            CFG.area_hi, CFG.quality_gain, CFG.aspect_lo, CFG.area_scale,
-                            CFG.anchor == "center", True, fill_value, CFG.label_gain, True)
+        return ops.anm_mask(x, fmap, targets, quality, sample_ids, seed, CFG.band,
+                            CFG.box_params(), fill_value, CFG.label_gain, True)
     pmax, pmin, _ = ops.activation_peaks(fmap, H, W, CFG.band)
     bmax, bmin, ratio, fmax, fmin = ops.sample_boxes(
-        pmax, pmin, quality, sample_ids, seed, H, W, C, CFG.area_lo, CFG.area_hi,
-        CFG.quality_gain, CFG.aspect_lo, CFG.area_scale, CFG.anchor == "center", True,
-        fill_value)
+        pmax, pmin, quality, sample_ids, seed, H, W, C, CFG.box_params(), fill_value)
     return ops.erase_and_modulate(x, targets, bmax, bmin, fmax, fmin, ratio, CFG.label_gain)
 
 

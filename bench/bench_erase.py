@@ -22,8 +22,7 @@ def _boxes(inp, s, device):
     ids = torch.arange(s.B, device=device)
     seed = torch.tensor(7, dtype=torch.int64, device=device)
     pmax, pmin, _ = R.activation_peaks(inp.fmap.float(), s.H, s.W, 0.0)
-    return R.sample_boxes(pmax, pmin, inp.quality, ids, seed, s.H, s.W, s.C, CFG.area_lo,
-                          CFG.area_hi, CFG.quality_gain, CFG.aspect_lo, CFG.area_scale, True, True,
+    return R.sample_boxes(pmax, pmin, inp.quality, ids, seed, s.H, s.W, s.C, CFG.box_params(),
                           torch.zeros(s.C, device=device))
 
 

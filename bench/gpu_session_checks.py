@@ -39,6 +39,7 @@ def _inputs(device, B=8, C=3, H=32, W=32, K=16, h=4, w=4, N=10):
 def crash(device):
     import torch
     import anm_fast
+    from anm_fast.config import BoxParams
     ops = torch.ops.anm_fast
     ran = []
     for backend in _backends(device):
@@ -53,8 +54,9 @@ def crash(device):
                 pmax, pmin, _ = ops.activation_peaks(fmap, 32, 32, 0.0)
                 B, C = x.shape[:2]
                 boxes = ops.sample_boxes(pmax, pmin, q, torch.arange(B, device=device),
-                                         torch.tensor(3), 32, 32, C, 0.02, 0.5, 0.3, 0.5, 1.0,
-                                         True, True, torch.zeros(C))
+                                         torch.tensor(3), 32, 32, C,
+                                         BoxParams(0.02, 0.5, 0.3, 0.5, 1.0, True, True).pack(),
+                                         torch.zeros(C))
                 erased, t_out = ops.erase_and_modulate(x, t, boxes[0], boxes[1], boxes[3],
                                                        boxes[4], boxes[2], 1.0)
                 ops.erase_and_modulate_backward(erased, t_out, t, boxes[0], boxes[1], boxes[2],

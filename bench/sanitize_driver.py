@@ -10,6 +10,7 @@ import sys
 import torch
 
 import anm_fast
+from anm_fast.config import BoxParams
 
 ops = torch.ops.anm_fast
 
@@ -45,8 +46,8 @@ def main() -> int:
         for seed in (torch.tensor(7, device=dev), torch.tensor(7)):
             for uniform, fv in ((True, torch.zeros(0, device=dev)),
                                 (False, torch.linspace(0, 1, C, device=dev))):
-                ops.sample_boxes(pmax, pmin, q, ids, seed, H, W, C, 0.02, 0.5, 0.3, 0.5, 1.0,
-                                 True, uniform, fv)
+                ops.sample_boxes(pmax, pmin, q, ids, seed, H, W, C,
+                                 BoxParams(0.02, 0.5, 0.3, 0.5, 1.0, True, uniform).pack(), fv)
 
     # erase_and_modulate forward and backward: every layout / alignment variant and dtype.
     for B, C, H, W in ((1, 3, 32, 32), (5, 3, 17, 13), (4, 8, 16, 16), (2, 1, 9, 8)):
@@ -54,7 +55,8 @@ def main() -> int:
         bmax, bmin, ratio, fmax, fmin = ops.sample_boxes(
             pmax, pmax.flip(1).remainder(torch.tensor([H, W], device=dev)),
             torch.rand(B, device=dev), torch.arange(B, device=dev), torch.tensor(3, device=dev),
-            H, W, C, 0.02, 0.6, 0.3, 0.5, 1.0, True, True, torch.zeros(0, device=dev))
+            H, W, C, BoxParams(0.02, 0.6, 0.3, 0.5, 1.0, True, True).pack(),
+            torch.zeros(0, device=dev))
         for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             base = torch.randn(B, C, H, W, device=dev).to(dtype)
             flat = torch.zeros(base.numel() + 1, device=dev, dtype=dtype)
@@ -93,8 +95,9 @@ def main() -> int:
                                           (torch.tensor(2), False, torch.full((C,), 0.5)),
                                           (torch.tensor(3), False,
                                            torch.full((C,), 0.5, device=dev))):
-                    ops.anm_mask(xl, fl, t, q, ids, seed, 0.1, 0.02, 0.5, 0.3, 0.5, 1.0, True,
-                                 uniform, fv, 1.0, True)
+                    ops.anm_mask(xl, fl, t, q, ids, seed, 0.1,
+                                 BoxParams(0.02, 0.5, 0.3, 0.5, 1.0, True, uniform).pack(), fv,
+                                 1.0, True)
 
     # The fused path end to end.
     x = torch.randn(16, 3, 32, 32, device=dev)

@@ -108,10 +108,30 @@ ANM_HD int64_t clamp_i64(int64_t v, int64_t lo, int64_t hi) {
 }
 
 // ------------------------------------------------------------------------------- box geometry
+// The box parameters of sample_boxes and anm_mask. The ops take them as ONE `float[] box_params`
+// list, in the order of the fields below (the flags as 1.0 / 0.0): anm_fast/config.py's BoxParams
+// packs it from an ANMConfig, and the Python kernels (reference, Triton) unpack it there. A new
+// box knob is a field here, there, and where it is used.
 struct BoxParams {
   double area_lo, area_hi, quality_gain, aspect_lo, area_scale;
-  bool center_anchor;
+  bool center_anchor;  // the box is centred on the peak (else the peak is its top-left corner)
+  bool uniform_fill;   // fills drawn from U(0, 1) (else the op's fill_value)
 };
+
+constexpr int kBoxParamCount = 7;
+
+// `v` holds kBoxParamCount values (the ops check the length on the host, op_checks.h).
+ANM_HD BoxParams unpack_box_params(const double* v) {
+  BoxParams p;
+  p.area_lo = v[0];
+  p.area_hi = v[1];
+  p.quality_gain = v[2];
+  p.aspect_lo = v[3];
+  p.area_scale = v[4];
+  p.center_anchor = v[5] != 0.0;
+  p.uniform_fill = v[6] != 0.0;
+  return p;
+}
 
 struct BoxShape {
   double ratio;  // the mask ratio s
@@ -158,12 +178,12 @@ ANM_HD void place_box(int64_t r, int64_t c, int64_t bh, int64_t bw, int64_t H, i
 // both peaks, the C fills of each box. The CPU kernels (sample_boxes, the fused anm_mask) and the
 // CUDA kernels (one thread per sample) all call this function, so the sampling exists once.
 // Writes box_max[0..3] and box_min[0..3] as (y0, x0, height, width), the fills of each box
-// (uniform draws, or fill_value[c] when !uniform_fill), and returns the mask ratio s.
+// (uniform draws, or fill_value[c] when !params.uniform_fill), and returns the mask ratio s.
 ANM_HD float sample_box_and_fills(int64_t seed, int64_t sample_id, float quality, int64_t H,
                                   int64_t W, int64_t C, const BoxParams& params,
                                   const int64_t* peak_max, const int64_t* peak_min,
-                                  bool uniform_fill, const float* fill_value, int64_t* box_max,
-                                  int64_t* box_min, float* fill_max, float* fill_min) {
+                                  const float* fill_value, int64_t* box_max, int64_t* box_min,
+                                  float* fill_max, float* fill_min) {
   const BoxShape shape = box_shape(seed, sample_id, quality, H, W, params);
   int64_t* out[2] = {box_max, box_min};
   const int64_t* peak[2] = {peak_max, peak_min};
@@ -173,7 +193,7 @@ ANM_HD float sample_box_and_fills(int64_t seed, int64_t sample_id, float quality
     out[which][2] = shape.bh;
     out[which][3] = shape.bw;
   }
-  if (uniform_fill) {
+  if (params.uniform_fill) {
     // Draw j of 0..2C-1 is word j % 4 of fill block j / 4 (the same bits as fill_draw): each
     // Philox block is computed once for its four draws.
     for (int64_t j0 = 0; j0 < 2 * C; j0 += 4) {

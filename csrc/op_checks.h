@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include "anm_common.h"
+
 namespace anm_fast {
 
 // The erased batch (and grad_x) keeps a channels_last input channels_last; anything else gives a
@@ -28,6 +30,21 @@ inline int64_t cpu_seed_value(const at::Tensor& seed) {
     case at::kInt: return *seed.const_data_ptr<int32_t>();
     default: return seed.to(at::kLong).item<int64_t>();
   }
+}
+
+// The ops' `box_params` list unpacked (anm_common.h BoxParams), after checking its length and
+// flags: a list packed for another version of the parameters fails here, not in a kernel.
+inline BoxParams box_params_arg(const char* op, c10::ArrayRef<double> values) {
+  TORCH_CHECK_VALUE(values.size() == static_cast<size_t>(kBoxParamCount), op,
+                    ": box_params must hold ", kBoxParamCount,
+                    " values (area_lo, area_hi, quality_gain, aspect_lo, area_scale, "
+                    "center_anchor, uniform_fill; anm_fast.config.BoxParams), got ",
+                    values.size());
+  for (int i : {5, 6})
+    TORCH_CHECK_VALUE(values[i] == 0.0 || values[i] == 1.0, op, ": box_params[", i,
+                      "] (", i == 5 ? "center_anchor" : "uniform_fill",
+                      ") must be 0 or 1, got ", values[i]);
+  return unpack_box_params(values.data());
 }
 
 inline void check_activation_peaks_args(const at::Tensor& fmap, int64_t height, int64_t width) {

@@ -10,11 +10,11 @@ namespace schemas {
 constexpr const char* kActivationPeaks =
     "activation_peaks(Tensor fmap, int height, int width, float band) -> "
     "(Tensor peak_max, Tensor peak_min, Tensor energy)";
+// box_params: the box parameters as one list, in the order of anm_common.h's BoxParams (built by
+// anm_fast/config.py's BoxParams from an ANMConfig).
 constexpr const char* kSampleBoxes =
     "sample_boxes(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
-    "Tensor seed, int height, int width, int channels, float area_lo, float area_hi, "
-    "float quality_gain, float aspect_lo, float area_scale, bool center_anchor, "
-    "bool uniform_fill, Tensor fill_value) -> "
+    "Tensor seed, int height, int width, int channels, float[] box_params, Tensor fill_value) -> "
     "(Tensor box_max, Tensor box_min, Tensor ratio, Tensor fill_max, Tensor fill_min)";
 constexpr const char* kEraseAndModulate =
     "erase_and_modulate(Tensor x, Tensor targets, Tensor box_max, Tensor box_min, "
@@ -26,9 +26,8 @@ constexpr const char* kEraseAndModulate =
 // creation of its own).
 constexpr const char* kAnmMask =
     "anm_mask(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor sample_ids, "
-    "Tensor seed, float band, float area_lo, float area_hi, float quality_gain, "
-    "float aspect_lo, float area_scale, bool center_anchor, bool uniform_fill, "
-    "Tensor fill_value, float label_gain, bool check_values) -> "
+    "Tensor seed, float band, float[] box_params, Tensor fill_value, float label_gain, "
+    "bool check_values) -> "
     "(Tensor erased, Tensor targets_out, Tensor box_max, Tensor box_min, Tensor ratio, "
     "Tensor fill_max, Tensor fill_min, Tensor peak_max, Tensor peak_min, Tensor energy, "
     "Tensor seed_out)";

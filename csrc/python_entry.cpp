@@ -1,7 +1,7 @@
 // A direct Python entry to the fused anm_mask op, for the Python API's hot CPU path.
 //
 // Why: after a call that streamed the batch through the caches, every line of code on the way
-// into and out of an op runs cold, and torch.ops' generic route (a Python frame, matching 17
+// into and out of an op runs cold, and torch.ops' generic route (a Python frame, matching 11
 // arguments against the schema, boxing them, unboxing the 11 results) costs tens of microseconds
 // then - a sizeable part of a CPU call at CIFAR shapes. This entry unpacks the arguments itself
 // and calls the op through the dispatcher's typed (unboxed) interface, so everything the
@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace anm_fast {
 namespace {
@@ -27,9 +28,8 @@ namespace {
 using Out11 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                          at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using AnmMaskSig = Out11(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                         const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
-                         double, double, double, double, bool, bool, const at::Tensor&, double,
-                         bool);
+                         const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                         c10::ArrayRef<double>, const at::Tensor&, double, bool);
 
 // Sets a Python TypeError and unwinds to HANDLE_TH_ERRORS, which returns it to Python.
 [[noreturn]] void type_error(const char* format, const char* a, const char* b = "") {
@@ -52,6 +52,16 @@ double float_arg(PyObject* obj, const char* name) {
   return v;
 }
 
+std::vector<double> float_list_arg(PyObject* obj, const char* name) {
+  if (!PyList_Check(obj) && !PyTuple_Check(obj))
+    type_error("anm_mask: %s must be a list of floats, got %s", name, Py_TYPE(obj)->tp_name);
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
+  PyObject** items = PySequence_Fast_ITEMS(obj);
+  std::vector<double> values(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) values[i] = float_arg(items[i], name);
+  return values;
+}
+
 bool bool_arg(PyObject* obj, const char* name) {
   if (!PyBool_Check(obj))
     type_error("anm_mask: %s must be a bool, got %s", name, Py_TYPE(obj)->tp_name);
@@ -60,8 +70,8 @@ bool bool_arg(PyObject* obj, const char* name) {
 
 PyObject* anm_mask_entry(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 17)
-    type_error("anm_mask takes 17 arguments (the op's schema), got %s",
+  if (nargs != 11)
+    type_error("anm_mask takes 11 arguments (the op's schema), got %s",
                std::to_string(nargs).c_str());
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("anm_fast::anm_mask", "")
@@ -72,16 +82,11 @@ PyObject* anm_mask_entry(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
   const at::Tensor& quality = tensor_arg(args[3], "quality");
   const at::Tensor& sample_ids = tensor_arg(args[4], "sample_ids");
   const at::Tensor& seed = tensor_arg(args[5], "seed");
-  const double band = float_arg(args[6], "band"), area_lo = float_arg(args[7], "area_lo"),
-               area_hi = float_arg(args[8], "area_hi"),
-               quality_gain = float_arg(args[9], "quality_gain"),
-               aspect_lo = float_arg(args[10], "aspect_lo"),
-               area_scale = float_arg(args[11], "area_scale");
-  const bool center_anchor = bool_arg(args[12], "center_anchor");
-  const bool uniform_fill = bool_arg(args[13], "uniform_fill");
-  const at::Tensor& fill_value = tensor_arg(args[14], "fill_value");
-  const double label_gain = float_arg(args[15], "label_gain");
-  const bool check_values = bool_arg(args[16], "check_values");
+  const double band = float_arg(args[6], "band");
+  const std::vector<double> box_params = float_list_arg(args[7], "box_params");
+  const at::Tensor& fill_value = tensor_arg(args[8], "fill_value");
+  const double label_gain = float_arg(args[9], "label_gain");
+  const bool check_values = bool_arg(args[10], "check_values");
   Out11 out;
   {
     // Without a gradient to track, the call skips the op's autograd kernel (registered in Python,
@@ -90,8 +95,7 @@ PyObject* anm_mask_entry(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!track) below_autograd.emplace();
     pybind11::gil_scoped_release no_gil;  // as torch's own bindings do around an op
-    out = op.call(x, fmap, targets, quality, sample_ids, seed, band, area_lo, area_hi,
-                  quality_gain, aspect_lo, area_scale, center_anchor, uniform_fill, fill_value,
+    out = op.call(x, fmap, targets, quality, sample_ids, seed, band, box_params, fill_value,
                   label_gain, check_values);
   }
   PyObject* result = PyTuple_New(11);
@@ -114,9 +118,8 @@ PyObject* anm_mask_entry(PyObject* /*self*/, PyObject* const* args, Py_ssize_t n
 PyMethodDef kMethods[] = {
     {"anm_mask", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(anm_mask_entry)),
      METH_FASTCALL,
-     "anm_mask(x, fmap, targets, quality, sample_ids, seed, band, area_lo, area_hi, "
-     "quality_gain, aspect_lo, area_scale, center_anchor, uniform_fill, fill_value, label_gain, "
-     "check_values): torch.ops.anm_fast.anm_mask through the typed dispatcher (see "
+     "anm_mask(x, fmap, targets, quality, sample_ids, seed, band, box_params, fill_value, "
+     "label_gain, check_values): torch.ops.anm_fast.anm_mask through the typed dispatcher (see "
      "csrc/python_entry.cpp)."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -10,7 +10,7 @@ import torch
 import anm_fast
 from anm_fast import api, reference as R
 from anm_fast.config import ANMConfig
-from anm_fast.testing import assert_peaks_match, relayout
+from anm_fast.testing import anm_mask_args, assert_peaks_match, relayout
 
 pytestmark = pytest.mark.skipif(not anm_fast.has_extension(),
                                 reason="the fused op is a C++ kernel (extension not built)")
@@ -19,21 +19,16 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
 def _args(x, fmap, t, q, ids, seed, config, check=True):
-    C = x.shape[1]
-    uniform, values = config.fill_values(C)
-    return (x, fmap, t, q, ids, torch.tensor(seed), float(config.band), float(config.area_lo),
-            float(config.area_hi), float(config.quality_gain), float(config.aspect_lo),
-            float(config.area_scale), config.anchor == "center", uniform,
-            torch.tensor(values, dtype=torch.float32), float(config.label_gain), check)
+    return anm_mask_args(x, fmap, t, q, ids, seed, config, check)
 
 
 def _three_ops(x, fmap, t, q, ids, seed, config):
     H, W, C = x.shape[2], x.shape[3], x.shape[1]
     a = _args(x, fmap, t, q, ids, seed, config)
     pmax, pmin, energy = ops.activation_peaks(fmap, H, W, a[6])
-    boxes = ops.sample_boxes(pmax, pmin, q, ids, a[5], H, W, C, *a[7:15])
+    boxes = ops.sample_boxes(pmax, pmin, q, ids, a[5], H, W, C, *a[7:9])
     erased, t_out = ops.erase_and_modulate(x, t, boxes[0], boxes[1], boxes[3], boxes[4],
-                                           boxes[2], a[15])
+                                           boxes[2], a[9])
     return (erased, t_out, *boxes, pmax, pmin, energy, a[5].clone())  # + the seed's copy
 
 
@@ -115,7 +110,7 @@ def test_fused_large_batch_against_the_reference():
     torch.testing.assert_close(got[9], energy, rtol=1e-5, atol=1e-6)
     # boxes exact given the peaks, erased images and targets exact given the boxes
     a = _args(x, fmap, t, q, ids, 2024, cfg)
-    boxes = R.sample_boxes(got[7], got[8], q, ids, a[5], H, W, C, *a[7:15])
+    boxes = R.sample_boxes(got[7], got[8], q, ids, a[5], H, W, C, *a[7:9])
     for g, r in zip(got[2:7], boxes):
         assert torch.equal(g, r)
     erased, t_out = R.erase_and_modulate(x, t, *boxes[:2], boxes[3], boxes[4], boxes[2],
@@ -254,16 +249,21 @@ def test_direct_entry_errors():
     direct = _ext.direct_anm_mask()
     x, fmap, t, q, ids = _inputs(3, 3, 8, 8, 4, 2, 2)
     a = list(_args(x, fmap, t, q, ids, 1, ANMConfig()))
-    with pytest.raises(TypeError, match="17 arguments"):
+    with pytest.raises(TypeError, match="11 arguments"):
         direct(*a[:-1])
     bad = list(a)
     bad[1] = fmap.numpy()
     with pytest.raises(TypeError, match="fmap must be a Tensor"):
         direct(*bad)
     bad = list(a)
-    bad[12] = 1
-    with pytest.raises(TypeError, match="center_anchor must be a bool"):
+    bad[7] = 1.0
+    with pytest.raises(TypeError, match="box_params must be a list of floats"):
         direct(*bad)
+    bad = list(a)
+    bad[7] = a[7][:-1]  # a list packed for another layout: the op names the layout
+    for call in (direct, ops.anm_mask):
+        with pytest.raises(ValueError, match="box_params must hold 7 values"):
+            call(*bad)
     bad = list(a)
     bad[6] = "0.1"
     with pytest.raises(TypeError, match="band must be a float"):

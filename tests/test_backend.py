@@ -107,7 +107,7 @@ def test_lazy_triton_impl_falls_back_to_reference(monkeypatch):
     monkeypatch.setitem(backend._state, "warned_triton", False)
     impl = backend._lazy_triton("sample_boxes")
     args = (torch.tensor([[1, 2]]), torch.tensor([[3, 4]]), torch.tensor([0.5]),
-            torch.tensor([0]), torch.tensor(1), 8, 8, 3, 0.02, 0.07, 0.03, 0.8, 0.5, True, True,
+            torch.tensor([0]), torch.tensor(1), 8, 8, 3, anm_fast.ANMConfig().box_params(),
             torch.zeros(3))
     with pytest.warns(RuntimeWarning, match="triton could not be imported"):
         got = impl(*args)
@@ -235,7 +235,7 @@ def test_triton_compile_failure_falls_back_to_the_reference_per_op(monkeypatch):
     monkeypatch.setitem(backend._state, "triton_broken", {})
     impl = backend._lazy_triton("sample_boxes")
     args = (torch.tensor([[1, 2]]), torch.tensor([[3, 4]]), torch.tensor([0.5]),
-            torch.tensor([0]), torch.tensor(1), 8, 8, 3, 0.02, 0.07, 0.03, 0.8, 0.5, True, True,
+            torch.tensor([0]), torch.tensor(1), 8, 8, 3, anm_fast.ANMConfig().box_params(),
             torch.zeros(3))
     with pytest.warns(RuntimeWarning, match="does not compile on this GPU"):
         got = impl(*args)

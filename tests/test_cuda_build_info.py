@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import anm_fast
+from anm_fast.config import BoxParams
 
 
 def _cuda_build() -> bool:
@@ -50,7 +51,8 @@ def test_runs_on_the_visible_gpu_and_the_fused_op_runs():
     fmap = torch.randn(4, 8, 4, 4, device="cuda")
     t = torch.softmax(torch.randn(4, 5, device="cuda"), 1)
     args = (x, fmap, t, torch.rand(4, device="cuda"), torch.arange(4, device="cuda"),
-            torch.tensor(3), 0.0, 0.02, 0.5, 0.3, 0.5, 1.0, True, True, torch.zeros(3), 1.0, True)
+            torch.tensor(3), 0.0, BoxParams(0.02, 0.5, 0.3, 0.5, 1.0, True, True).pack(),
+            torch.zeros(3), 1.0, True)
     got = torch.ops.anm_fast.anm_mask(*args)
     want = torch.ops.anm_fast.anm_mask(*(a.cpu() if isinstance(a, torch.Tensor) else a
                                          for a in args))

@@ -14,7 +14,8 @@ import torch
 
 import anm_fast
 from anm_fast import reference as R
-from anm_fast.testing import TOLERANCES, assert_peaks_match, relayout, sample_boxes_args
+from anm_fast.testing import (TOLERANCES, anm_mask_args, assert_peaks_match, relayout,
+                              sample_boxes_args)
 
 try:
     import anm_fast._C_emulated  # noqa: F401  (registers torch.ops.anm_fast_emulated)
@@ -88,14 +89,6 @@ FUSED_NAMES = ("erased", "targets", "box_max", "box_min", "ratio", "fill_max", "
                "peak_max", "peak_min", "energy", "seed_out")
 
 
-def fused_args(x, fmap, t, q, ids, seed, config, check=True):
-    uniform, values = config.fill_values(x.shape[1])
-    return (x, fmap, t, q, ids, seed, float(config.band), float(config.area_lo),
-            float(config.area_hi), float(config.quality_gain), float(config.aspect_lo),
-            float(config.area_scale), config.anchor == "center", uniform,
-            torch.tensor(values, dtype=torch.float32), float(config.label_gain), check)
-
-
 def fused_inputs(B, C, H, W, K, h, w, dtype, fdtype, tdtype, layout, N=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = relayout(torch.randn(B, C, H, W, generator=g).to(dtype), layout)
@@ -133,7 +126,7 @@ def test_anm_mask_emulated(schedule, case, layout, config):
            "constant": anm_fast.ANMConfig(fill=(0.5,), anchor="corner")}[config]
     x, fmap, t, q, ids = fused_inputs(B, C, H, W, K, h, w, torch.float32, torch.float32,
                                       torch.float32, layout, N)
-    args = fused_args(x, fmap, t, q, ids, torch.tensor(1234), cfg)
+    args = anm_mask_args(x, fmap, t, q, ids, torch.tensor(1234), cfg)
     assert_fused_identical(emu().anm_mask(*args), ops.anm_mask(*args))
 
 
@@ -146,7 +139,7 @@ def test_anm_mask_emulated(schedule, case, layout, config):
 def test_anm_mask_emulated_dtypes(schedule, dtypes, layout):
     x_dtype, f_dtype, t_dtype = dtypes
     x, fmap, t, q, ids = fused_inputs(6, 3, 19, 13, 16, 4, 3, x_dtype, f_dtype, t_dtype, layout)
-    args = fused_args(x, fmap, t, q, ids, torch.tensor(-5), anm_fast.ANMConfig.cifar())
+    args = anm_mask_args(x, fmap, t, q, ids, torch.tensor(-5), anm_fast.ANMConfig.cifar())
     assert_fused_identical(emu().anm_mask(*args), ops.anm_mask(*args))
 
 
@@ -156,7 +149,7 @@ def test_anm_mask_emulated_host_seed_and_many_constant_fills():
     cfg = anm_fast.ANMConfig(fill=(0.25,))
     x, fmap, t, q, ids = fused_inputs(3, 600, 6, 5, 4, 2, 2, torch.float32, torch.float32,
                                       torch.float32, "contiguous")
-    args = fused_args(x, fmap, t, q, ids, torch.tensor(2**40 + 3), cfg)
+    args = anm_mask_args(x, fmap, t, q, ids, torch.tensor(2**40 + 3), cfg)
     assert_fused_identical(emu().anm_mask(*args), ops.anm_mask(*args))
 
 
@@ -168,14 +161,14 @@ def test_anm_mask_emulated_value_checks():
     bad_q[1] = 1.5
     for quality, message in ((bad_q, "quality must lie in"),
                              (torch.full_like(q, float("nan")), "quality contains NaN")):
-        args = fused_args(x, fmap, t, quality, ids, torch.tensor(0), cfg)
+        args = anm_mask_args(x, fmap, t, quality, ids, torch.tensor(0), cfg)
         for op in (emu().anm_mask, ops.anm_mask):
             with pytest.raises(ValueError, match=message):
                 op(*args)
-        emu().anm_mask(*fused_args(x, fmap, t, quality, ids, torch.tensor(0), cfg, False))
+        emu().anm_mask(*anm_mask_args(x, fmap, t, quality, ids, torch.tensor(0), cfg, False))
     nan_map = fmap.clone()
     nan_map[2, 0, 0, 0] = float("inf")
-    args = fused_args(x, nan_map, t, q, ids, torch.tensor(0), cfg)
+    args = anm_mask_args(x, nan_map, t, q, ids, torch.tensor(0), cfg)
     with pytest.raises(ValueError, match="non-finite"):
         emu().anm_mask(*args)
 
@@ -183,7 +176,7 @@ def test_anm_mask_emulated_value_checks():
 def test_anm_mask_emulated_is_one_launch():
     x, fmap, t, q, ids = fused_inputs(4, 3, 8, 8, 4, 2, 2, torch.float32, torch.float32,
                                       torch.float32, "contiguous")
-    args = fused_args(x, fmap, t, q, ids, torch.tensor(0), anm_fast.ANMConfig.cifar(), False)
+    args = anm_mask_args(x, fmap, t, q, ids, torch.tensor(0), anm_fast.ANMConfig.cifar(), False)
     before = emu().launch_count()
     emu().anm_mask(*args)
     assert emu().launch_count() - before == 1
@@ -207,7 +200,7 @@ def test_anm_mask_emulated_bit_identical_on_thousands_of_samples():
                                           torch.float32, layouts[i % 4], seed=i)
         if i % 4 == 0:  # few distinct values: ties everywhere
             fmap = torch.round(fmap * 2) / 2
-        args = fused_args(x, fmap, t, q, ids, torch.tensor(i), configs[i % 2], False)
+        args = anm_mask_args(x, fmap, t, q, ids, torch.tensor(i), configs[i % 2], False)
         assert_fused_identical(emu().anm_mask(*args), ops.anm_mask(*args))
         n += 32
     emu().set_schedule(0, 0)
@@ -221,7 +214,7 @@ def test_anm_mask_backward_is_the_erase_backward():
                                       torch.float64, "contiguous")
     x.requires_grad_(True)
     t.requires_grad_(True)
-    args = fused_args(x, fmap, t, q, ids, torch.tensor(3), anm_fast.ANMConfig.cifar(), False)
+    args = anm_mask_args(x, fmap, t, q, ids, torch.tensor(3), anm_fast.ANMConfig.cifar(), False)
     out = ops.anm_mask(*args)
     g_e, g_t = torch.randn_like(out[0]), torch.randn_like(out[1])
     gx, gt = torch.autograd.grad((out[0] * g_e).sum() + (out[1] * g_t).sum(), (x, t))

@@ -17,6 +17,7 @@ import torch
 
 import anm_fast
 from anm_fast import reference
+from anm_fast.config import ANMConfig
 from anm_fast.testing import relayout
 from anm_fast._ops import OP_NAMES
 
@@ -174,7 +175,7 @@ def test_a_cpu_seed_and_cpu_fills_cost_no_copy_or_sync(cuda_backend):
     # How the API passes an int seed and constant fills: as CPU tensors, read on the host.
     gen = torch.Generator().manual_seed(1)
     pmax, pmin, q, ids = _sample_inputs(16, 32, 32, DEVICE, gen)
-    args = (32, 32, 3, 0.02, 0.07, 0.03, 0.8, 0.5, True, False, torch.tensor([0.1, 0.2, 0.3]))
+    args = (32, 32, 3, ANMConfig(fill=(0.1, 0.2, 0.3)).box_params(), torch.tensor([0.1, 0.2, 0.3]))
     ops.sample_boxes(pmax, pmin, q, ids, torch.tensor(5), *args)  # first call may cache fills
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -247,8 +248,8 @@ def test_a_last_partial_batch_does_not_recompile_triton():
         t = torch.softmax(torch.randn(B, 10, device="cuda"), 1)
         pmax, pmin, _ = K.activation_peaks(fmap, 32, 32, 0.0)
         boxes = K.sample_boxes(pmax, pmin, torch.rand(B, device="cuda"),
-                               torch.arange(B, device="cuda"), torch.tensor(B), 32, 32, 3, 0.02,
-                               0.07, 0.03, 0.8, 0.5, True, True, torch.zeros(0))
+                               torch.arange(B, device="cuda"), torch.tensor(B), 32, 32, 3,
+                               ANMConfig().box_params(), torch.zeros(0))
         K.erase_and_modulate(x, t, boxes[0], boxes[1], boxes[3], boxes[4], boxes[2], 1.0)
         torch.cuda.synchronize()
 
@@ -266,7 +267,7 @@ def test_opcheck_on_cuda(cuda_backend):
     torch.library.opcheck(ops.activation_peaks.default, (fmap, 13, 9, 1.0 / 255))
     pmax, pmin, _ = ops.activation_peaks(fmap, 13, 9, 0.0)
     args = (pmax, pmin, torch.rand(3, device=dev), torch.arange(3, device=dev),
-            torch.tensor(5, device=dev), 13, 9, 3, 0.02, 0.07, 0.03, 0.8, 0.5, True, True,
+            torch.tensor(5, device=dev), 13, 9, 3, ANMConfig().box_params(),
             torch.zeros(0, device=dev))
     torch.library.opcheck(ops.sample_boxes.default, args)
     bmax, bmin, ratio, fmax, fmin = ops.sample_boxes(*args)

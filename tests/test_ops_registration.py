@@ -6,6 +6,7 @@ import torch
 import anm_fast
 from anm_fast import _ops
 from anm_fast import reference as R
+from anm_fast.config import ANMConfig
 
 ops = torch.ops.anm_fast
 
@@ -20,7 +21,7 @@ def boxes_for(B, H, W, C, seed=5):
     pmax = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
     pmin = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
     return ops.sample_boxes(pmax, pmin, torch.rand(B), torch.arange(B), torch.tensor(seed), H, W,
-                            C, 0.02, 0.07, 0.03, 0.8, 0.5, True, True, torch.zeros(C))
+                            C, ANMConfig().box_params(), torch.zeros(C))
 
 
 def test_schemas_match_the_python_copy():
@@ -40,10 +41,10 @@ def test_opcheck_activation_peaks(dtype):
 def test_opcheck_sample_boxes():
     B, H, W, C = 9, 20, 24, 3
     pmax = torch.stack((torch.randint(0, H, (B,)), torch.randint(0, W, (B,))), 1)
-    args = (pmax, pmax.flip(0), torch.rand(B), torch.arange(B), torch.tensor(3), H, W, C, 0.02,
-            0.07, 0.03, 0.8, 0.5, True, True, torch.zeros(C))
+    args = (pmax, pmax.flip(0), torch.rand(B), torch.arange(B), torch.tensor(3), H, W, C,
+            ANMConfig().box_params(), torch.zeros(C))
     torch.library.opcheck(ops.sample_boxes.default, args)
-    args = args[:14] + (False, torch.tensor([0.1, 0.2, 0.3]))
+    args = args[:8] + (ANMConfig(fill=(0.1, 0.2, 0.3)).box_params(), torch.tensor([0.1, 0.2, 0.3]))
     torch.library.opcheck(ops.sample_boxes.default, args)
 
 

@@ -54,11 +54,9 @@ def test_sample_boxes_property(B, H, W, C, config, seed, id0, qseed):
     ids = torch.arange(id0, id0 + B)
     got = anm_fast.sample_boxes(peaks, peaks.flip(0), q, (H, W), C, config=config, seed=seed,
                                 sample_ids=ids)
-    uniform, values = config.fill_values(C)
+    _, values = config.fill_values(C)
     want = R.sample_boxes(peaks, peaks.flip(0), q, ids, torch.tensor(seed), H, W, C,
-                          config.area_lo, config.area_hi, config.quality_gain, config.aspect_lo,
-                          config.area_scale, config.anchor == "center", uniform,
-                          torch.tensor(values))
+                          config.box_params(), torch.tensor(values))
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     box = got.box_max

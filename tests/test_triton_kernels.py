@@ -113,7 +113,7 @@ GUARDED_LAUNCHES = textwrap.dedent("""
     B, C, H, W, N = 2, 3, 5, 5, 3
     cfg = anm_fast.ANMConfig(area_lo=0.9, area_hi=1.0)
     args = list(sample_boxes_args(B, H, W, C, "cpu", uniform=False, config=cfg))
-    args[15] = before_guard_page(args[15])  # the constant fills
+    args[9] = before_guard_page(args[9])  # the constant fills
     boxes = K.sample_boxes(*args)
     x = before_guard_page(torch.randn(B, C, H, W))
     t = before_guard_page(torch.softmax(torch.randn(B, N), 1))
@@ -124,7 +124,7 @@ GUARDED_LAUNCHES = textwrap.dedent("""
     fmap = before_guard_page(torch.randn(B, 3, 3, 5))
     K.activation_peaks(fmap, H, W, 0.0)
     K.anm_mask(x, fmap, t, before_guard_page(args[2]), before_guard_page(args[3]), args[4], 0.0,
-               *args[8:13], args[13], False, args[15], 1.0, False)
+               args[8], args[9], 1.0, False)
     print("no read past an input")
 """)
 
@@ -171,8 +171,7 @@ def _batch_calls(B, device):
     bmax, bmin, ratio, fmax, fmin = K.sample_boxes(*args)
     erased, _ = K.erase_and_modulate(x, t, bmax, bmin, fmax, fmin, ratio, 1.0)
     K.erase_and_modulate_backward(erased, t, t, bmax, bmin, ratio, 1.0)
-    K.anm_mask(x, fmap, t, args[2], args[3], args[4], 0.0, *args[8:13], True, True, args[15],
-               1.0, False)
+    K.anm_mask(x, fmap, t, args[2], args[3], args[4], 0.0, args[8], args[9], 1.0, False)
 
 
 def test_a_new_batch_size_does_not_recompile(device, monkeypatch):

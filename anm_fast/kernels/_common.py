@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from anm_fast.config import BoxParams
+
 # Launch keyword that keeps a*b+c as two rounded operations (ignored by the interpreter).
 NO_FMA = {"enable_fp_fusion": False}
 
@@ -22,6 +24,20 @@ def f64_bits(value: float) -> int:
     """The IEEE-754 bits of a float64 as a signed int64. Triton passes Python floats as float32,
     so float64 parameters travel as their bits and are bitcast back in the kernel (`f64_arg`)."""
     return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+# The box parameters as the Triton kernels take them (box_kernel_args): the float64 values as their
+# bits, and 1 / aspect_lo; the flags become the kernels' CENTER and UNIFORM constexprs.
+BOX_BITS = ("lo_bits", "hi_bits", "gain_bits", "aspect_bits", "hi_aspect_bits", "scale_bits")
+
+
+def box_kernel_args(p: BoxParams) -> dict:
+    """Keyword arguments of a Triton kernel that calls box_shape and place_box, from the ops'
+    unpacked `box_params` (anm_fast.config.BoxParams)."""
+    values = (p.area_lo, p.area_hi, p.quality_gain, p.aspect_lo, 1.0 / p.aspect_lo, p.area_scale)
+    args = {name: f64_bits(v) for name, v in zip(BOX_BITS, values)}
+    args.update(CENTER=bool(p.center_anchor), UNIFORM=bool(p.uniform_fill))
+    return args
 
 
 def next_pow2(n: int) -> int:
@@ -166,10 +182,16 @@ def round_half_even(v):
 
 
 @triton.jit
-def box_shape(k0, k1, sample_id, quality, H, W, area_lo, area_hi, quality_gain, aspect_lo,
-              hi_aspect, area_scale):
+def box_shape(k0, k1, sample_id, quality, H, W, lo_bits, hi_bits, gain_bits, aspect_bits,
+              hi_aspect_bits, scale_bits):
     """Mask ratio s (float64) and box height/width (int64): anm_common.h box_shape, same order.
-    quality is float32; the float64 parameters are float64 scalars; hi_aspect = 1 / aspect_lo."""
+    quality is float32; the parameters arrive as their float64 bits (BOX_BITS, box_kernel_args)."""
+    area_lo = f64_arg(lo_bits)
+    area_hi = f64_arg(hi_bits)
+    quality_gain = f64_arg(gain_bits)
+    aspect_lo = f64_arg(aspect_bits)
+    hi_aspect = f64_arg(hi_aspect_bits)
+    area_scale = f64_arg(scale_bits)
     w0, w1, _w2, _w3 = sample_stream(k0, k1, sample_id, 0)
     u_area = uniform_f64(w0)
     u_aspect = uniform_f64(w1)

@@ -25,8 +25,11 @@ import triton.language as tl
 
 from anm_fast.reference import erased_memory_format
 
-from ._common import (NO_FMA, box_shape, device_guard, f64_arg, f64_bits, fill_draw, fills_on,
-                      next_pow2, opmath_is_f64, place_box, seed_args, seed_key)
+from anm_fast.config import BoxParams
+
+from ._common import (BOX_BITS, NO_FMA, box_kernel_args, box_shape, device_guard, f64_arg,
+                      f64_bits, fill_draw, fills_on, next_pow2, opmath_is_f64, place_box,
+                      seed_args, seed_key)
 from ._modulate import modulate_row
 from .activation_peaks import peak_blocks, raw_energy_buffer, sample_peaks
 from .erase import launch_erase
@@ -40,14 +43,13 @@ def _store_box(box_ptr, b, y0, x0, bh, bw):
     tl.store(box_ptr + b * 4 + 3, bw)
 
 
-@triton.jit(do_not_specialize=["key_lo", "key_hi", "lo_bits", "hi_bits", "gain_bits",
-                               "aspect_bits", "hi_aspect_bits", "scale_bits", "label_gain_bits"])
+@triton.jit(do_not_specialize=["key_lo", "key_hi", *BOX_BITS, "label_gain_bits"])
 def _mask_params_kernel(f_ptr, fsB, fsK, fsH, fsW, K, h, w, H, W, C, band, raw_ptr, energy_ptr,
                         q_ptr, q_s0, id_ptr, id_s0, seed_ptr, key_lo, key_hi, fv_ptr, fv_s0,
                         t_ptr, ts0, ts1, t_out_ptr, N,
                         pmax_ptr, pmin_ptr, bmax_ptr, bmin_ptr, ratio_ptr, fmax_ptr, fmin_ptr,
-                        seed_out_ptr, lo_bits, hi_bits, gain_bits, aspect_bits, hi_aspect_bits,
-                        scale_bits, label_gain_bits,
+                        seed_out_ptr, label_gain_bits, lo_bits, hi_bits, gain_bits,
+                        aspect_bits, hi_aspect_bits, scale_bits,
                         ACC64: tl.constexpr, CENTER: tl.constexpr, UNIFORM: tl.constexpr,
                         SEED_ON_HOST: tl.constexpr, OPM64: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -71,9 +73,8 @@ def _mask_params_kernel(f_ptr, fsB, fsK, fsH, fsW, K, h, w, H, W, C, band, raw_p
         tl.store(seed_out_ptr, (k1.to(tl.int64) << 32) | k0.to(tl.int64))
     sid = tl.load(id_ptr + b * id_s0).to(tl.int64)
     q = tl.load(q_ptr + b * q_s0).to(tl.float32)
-    s, bh, bw = box_shape(k0, k1, sid, q, H, W, f64_arg(lo_bits), f64_arg(hi_bits),
-                          f64_arg(gain_bits), f64_arg(aspect_bits), f64_arg(hi_aspect_bits),
-                          f64_arg(scale_bits))
+    s, bh, bw = box_shape(k0, k1, sid, q, H, W, lo_bits, hi_bits, gain_bits, aspect_bits,
+                          hi_aspect_bits, scale_bits)
     ya, xa = place_box(r_hi, c_hi, bh, bw, H, W, CENTER)
     yb, xb = place_box(r_lo, c_lo, bh, bw, H, W, CENTER)
     _store_box(bmax_ptr, b, ya, xa, bh, bw)
@@ -97,12 +98,12 @@ def _mask_params_kernel(f_ptr, fsB, fsK, fsH, fsW, K, h, w, H, W, C, band, raw_p
                  BLOCK_N)
 
 
-def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, area_lo: float,
-             area_hi: float, quality_gain: float, aspect_lo: float, area_scale: float,
-             center_anchor: bool, uniform_fill: bool, fill_value, label_gain: float,
-             check_values: bool):
+def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, box_params, fill_value,
+             label_gain: float, check_values: bool):
     """Launcher with the signature of torch.ops.anm_fast.anm_mask. The value checks
     (`check_values`) are made by the caller (anm_fast/backend.py) from the outputs."""
+    params = BoxParams.unpack(box_params)
+    uniform_fill = params.uniform_fill
     if x.dim() != 4 or fmap.dim() != 4:
         raise ValueError(f"anm_mask: x and fmap must be 4-D, got {tuple(x.shape)} and "
                          f"{tuple(fmap.shape)}")
@@ -149,10 +150,8 @@ def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, area_lo: 
             energy, quality, quality.stride(0), sample_ids, sample_ids.stride(0), seed, key_lo,
             key_hi, fv, fv.stride(0), targets, *targets.stride(), t_out, N,
             peak_max, peak_min, box_max, box_min, ratio, fill_max, fill_min, seed_out,
-            f64_bits(area_lo), f64_bits(area_hi), f64_bits(quality_gain), f64_bits(aspect_lo),
-            f64_bits(1.0 / aspect_lo), f64_bits(area_scale), f64_bits(label_gain),
-            ACC64=fmap.dtype == torch.float64, CENTER=bool(center_anchor),
-            UNIFORM=bool(uniform_fill), SEED_ON_HOST=seed_on_host,
+            f64_bits(label_gain), **box_kernel_args(params),
+            ACC64=fmap.dtype == torch.float64, SEED_ON_HOST=seed_on_host,
             OPM64=opmath_is_f64(targets.dtype), **peak_blocks(h, w, H, W),
             BLOCK_C=min(next_pow2(C), 64), BLOCK_N=min(next_pow2(N), 1024), num_warps=4,
             **NO_FMA)

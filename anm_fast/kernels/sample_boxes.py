@@ -10,8 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (NO_FMA, box_shape, device_guard, f64_arg, f64_bits, fill_draw, fills_on,
-                      next_pow2, place_box, seed_args, seed_key)
+from anm_fast.config import BoxParams
+
+from ._common import (BOX_BITS, NO_FMA, box_kernel_args, box_shape, device_guard, fill_draw,
+                      fills_on, next_pow2, place_box, seed_args, seed_key)
 
 
 @triton.jit
@@ -25,8 +27,7 @@ def _store_box(out_ptr, offs_b, mask, y0, x0, bh, bw):
 
 # B and the seed vary from call to call (a last partial batch, a new seed each step): not
 # specialised, so they never cause a recompilation. The float64 parameters travel as their bits.
-@triton.jit(do_not_specialize=["B", "key_lo", "key_hi", "lo_bits", "hi_bits", "gain_bits",
-                               "aspect_bits", "hi_aspect_bits", "scale_bits"])
+@triton.jit(do_not_specialize=["B", "key_lo", "key_hi", *BOX_BITS])
 def _sample_boxes_kernel(pmax_ptr, pmax_s0, pmax_s1, pmin_ptr, pmin_s0, pmin_s1, q_ptr, q_s0,
                          id_ptr, id_s0, seed_ptr, key_lo, key_hi, fv_ptr, fv_s0,
                          box_max_ptr, box_min_ptr, ratio_ptr, fill_max_ptr, fill_min_ptr,
@@ -39,9 +40,8 @@ def _sample_boxes_kernel(pmax_ptr, pmax_s0, pmax_s1, pmin_ptr, pmin_s0, pmin_s1,
     k0, k1 = seed_key(seed_ptr, key_lo, key_hi, SEED_ON_HOST)
     ids = tl.load(id_ptr + offs_b * id_s0, mask=mask_b, other=0).to(tl.int64)
     q = tl.load(q_ptr + offs_b * q_s0, mask=mask_b, other=1.0).to(tl.float32)
-    s, bh, bw = box_shape(k0, k1, ids, q, H, W, f64_arg(lo_bits), f64_arg(hi_bits),
-                          f64_arg(gain_bits), f64_arg(aspect_bits), f64_arg(hi_aspect_bits),
-                          f64_arg(scale_bits))
+    s, bh, bw = box_shape(k0, k1, ids, q, H, W, lo_bits, hi_bits, gain_bits, aspect_bits,
+                          hi_aspect_bits, scale_bits)
     tl.store(ratio_ptr + offs_b, s.to(tl.float32), mask=mask_b)
     r = tl.load(pmax_ptr + offs_b * pmax_s0, mask=mask_b, other=0).to(tl.int64)
     c = tl.load(pmax_ptr + offs_b * pmax_s0 + pmax_s1, mask=mask_b, other=0).to(tl.int64)
@@ -70,10 +70,10 @@ def _sample_boxes_kernel(pmax_ptr, pmax_s0, pmax_s1, pmin_ptr, pmin_s0, pmin_s1,
 
 
 def sample_boxes(peak_max, peak_min, quality, sample_ids, seed, height: int, width: int,
-                 channels: int, area_lo: float, area_hi: float, quality_gain: float,
-                 aspect_lo: float, area_scale: float, center_anchor: bool, uniform_fill: bool,
-                 fill_value):
+                 channels: int, box_params, fill_value):
     """Launcher with the signature of torch.ops.anm_fast.sample_boxes."""
+    params = BoxParams.unpack(box_params)
+    uniform_fill = params.uniform_fill
     if peak_max.dim() != 2 or peak_max.shape[1] != 2 or peak_min.shape != peak_max.shape:
         raise ValueError("sample_boxes: peak_max and peak_min must be (B, 2)")
     B = peak_max.shape[0]
@@ -106,8 +106,5 @@ def sample_boxes(peak_max, peak_min, quality, sample_ids, seed, height: int, wid
             quality, quality.stride(0), sample_ids, sample_ids.stride(0), seed, key_lo, key_hi,
             fv, fv.stride(0) if fv.dim() else 1,
             box_max, box_min, ratio, fill_max, fill_min,
-            B, height, width, channels, f64_bits(area_lo), f64_bits(area_hi),
-            f64_bits(quality_gain), f64_bits(aspect_lo), f64_bits(1.0 / aspect_lo),
-            f64_bits(area_scale), CENTER=bool(center_anchor), UNIFORM=bool(uniform_fill),
-            SEED_ON_HOST=seed_on_host, BLOCK_B=BLOCK_B, BLOCK_C=BLOCK_C, num_warps=4, **NO_FMA)
+            B, height, width, channels, **box_kernel_args(params), SEED_ON_HOST=seed_on_host, BLOCK_B=BLOCK_B, BLOCK_C=BLOCK_C, num_warps=4, **NO_FMA)
     return box_max, box_min, ratio, fill_max, fill_min

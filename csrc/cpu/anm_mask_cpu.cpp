@@ -44,7 +44,6 @@ void label_shift_row(const void* targets, int64_t s0, int64_t s1, int64_t N, int
 struct FusedArgs {
   int64_t seed;
   BoxParams params;
-  bool uniform_fill;
   const float* fill_value;
   const float* quality;
   const int64_t* ids;
@@ -92,9 +91,9 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
                                     pmin))
           ++bad;
         a.ratio[b] = sample_box_and_fills(a.seed, a.ids[b], a.quality[b], H, W, C, a.params,
-                                               pmax, pmin, a.uniform_fill, a.fill_value,
-                                               a.box_max + 4 * b, a.box_min + 4 * b,
-                                               a.fill_max + b * C, a.fill_min + b * C);
+                                          pmax, pmin, a.fill_value, a.box_max + 4 * b,
+                                          a.box_min + 4 * b, a.fill_max + b * C,
+                                          a.fill_min + b * C);
         cpu::erase_sample<x_t>(layout, xptr, optr, b, cpu::read_box(a.box_max, b),
                                cpu::read_box(a.box_min, b), a.fill_max + b * C,
                                a.fill_min + b * C);
@@ -125,9 +124,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
            at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targets,
              const at::Tensor& quality_in, const at::Tensor& sample_ids_in, const at::Tensor& seed,
-             double band, double area_lo, double area_hi, double quality_gain, double aspect_lo,
-             double area_scale, bool center_anchor, bool uniform_fill,
-             const at::Tensor& fill_value_in, double label_gain, bool check_values) {
+             double band, c10::ArrayRef<double> box_params, const at::Tensor& fill_value_in,
+             double label_gain, bool check_values) {
+  const BoxParams params = box_params_arg("anm_mask", box_params);
+  const bool uniform_fill = params.uniform_fill;
   check_anm_mask_args(x, fmap, targets, quality_in, sample_ids_in, seed, uniform_fill,
                       fill_value_in);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -166,9 +166,7 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, targets.scalar_type(),
                                   "anm_mask_targets", [&] { shift.row = &label_shift_row<scalar_t>; });
   const FusedArgs args{seed_value,
-                       BoxParams{area_lo, area_hi, quality_gain, aspect_lo, area_scale,
-                                 center_anchor},
-                       uniform_fill,
+                       params,
                        uniform_fill ? nullptr : fill_value.const_data_ptr<float>(),
                        quality.const_data_ptr<float>(),
                        ids.const_data_ptr<int64_t>(),

@@ -13,8 +13,9 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_boxes_cpu(
     const at::Tensor& peak_max_in, const at::Tensor& peak_min_in, const at::Tensor& quality_in,
     const at::Tensor& sample_ids_in, const at::Tensor& seed, int64_t H, int64_t W, int64_t C,
-    double area_lo, double area_hi, double quality_gain, double aspect_lo, double area_scale,
-    bool center_anchor, bool uniform_fill, const at::Tensor& fill_value_in) {
+    c10::ArrayRef<double> box_params, const at::Tensor& fill_value_in) {
+  const BoxParams params = box_params_arg("sample_boxes", box_params);
+  const bool uniform_fill = params.uniform_fill;
   const int64_t B = check_sample_boxes_args(peak_max_in, peak_min_in, quality_in, sample_ids_in,
                                             seed, H, W, C, uniform_fill, fill_value_in);
 
@@ -34,7 +35,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
   at::Tensor fill_max = at::empty({B, C}, float_opts);
   at::Tensor fill_min = at::empty({B, C}, float_opts);
 
-  const BoxParams params{area_lo, area_hi, quality_gain, aspect_lo, area_scale, center_anchor};
   const int64_t* pmax = peak_max.const_data_ptr<int64_t>();
   const int64_t* pmin = peak_min.const_data_ptr<int64_t>();
   const float* q = quality.const_data_ptr<float>();
@@ -49,8 +49,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
   at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       r[b] = sample_box_and_fills(seed_v, id[b], q[b], H, W, C, params, pmax + 2 * b,
-                                       pmin + 2 * b, uniform_fill, fv, bmax + 4 * b,
-                                       bmin + 4 * b, fmax + b * C, fmin + b * C);
+                                  pmin + 2 * b, fv, bmax + 4 * b, bmin + 4 * b, fmax + b * C,
+                                  fmin + b * C);
     }
   });
   return {box_max, box_min, ratio, fill_max, fill_min};

@@ -46,7 +46,7 @@ struct FusedConfig {
   BoxParams box;
   float band;
   double label_gain;
-  bool uniform_fill, fills_in_arg;
+  bool fills_in_arg;
   TargetsType targets_type;
   PeakSmem plan;
 };
@@ -111,8 +111,8 @@ __global__ void __launch_bounds__(kPeakThreads) anm_mask_kernel(
       if (bad) atomicOr(flags, bad);
     }
     const float r = sample_box_and_fills(seed, ids[b], q, H, W, C, cfg.box, pmax, pmin,
-                                         cfg.uniform_fill, fill_value, box_max + 4 * b,
-                                         box_min + 4 * b, fill_max + b * C, fill_min + b * C);
+                                         fill_value, box_max + 4 * b, box_min + 4 * b,
+                                         fill_max + b * C, fill_min + b * C);
     ratio[b] = r;
     sample_ratio = r;
     for (int k = 0; k < 4; ++k) {
@@ -184,10 +184,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
            at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 anm_mask_cuda(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targets,
               const at::Tensor& quality_in, const at::Tensor& sample_ids_in,
-              const at::Tensor& seed, double band, double area_lo, double area_hi,
-              double quality_gain, double aspect_lo, double area_scale, bool center_anchor,
-              bool uniform_fill, const at::Tensor& fill_value_in, double label_gain,
-              bool check_values) {
+              const at::Tensor& seed, double band, c10::ArrayRef<double> box_params,
+              const at::Tensor& fill_value_in, double label_gain, bool check_values) {
+  const BoxParams params = box_params_arg("anm_mask", box_params);
+  const bool uniform_fill = params.uniform_fill;
   check_anm_mask_args(x, fmap, targets, quality_in, sample_ids_in, seed, uniform_fill,
                       fill_value_in);
   TORCH_CHECK(on_kernel_device(x), "anm_mask (CUDA): x must be a CUDA tensor");
@@ -246,8 +246,7 @@ anm_mask_cuda(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& tar
   }
 
   const bool f64 = fmap.scalar_type() == at::kDouble;
-  FusedConfig cfg{BoxParams{area_lo, area_hi, quality_gain, aspect_lo, area_scale, center_anchor},
-                  static_cast<float>(band), label_gain, uniform_fill, fills_in_arg, targets_type,
+  FusedConfig cfg{params, static_cast<float>(band), label_gain, fills_in_arg, targets_type,
                   plan_peak_smem(h, w, H, W, f64 ? 8 : 4)};
   at::Tensor scratch;  // (B, h*w) accumulator map when it does not fit in shared memory
   if (!cfg.plan.map_in_smem)

@@ -28,7 +28,7 @@ __global__ void sample_boxes_kernel(const int64_t* __restrict__ pmax,
                                     const int64_t* __restrict__ ids,
                                     const int64_t* __restrict__ seed_ptr, int64_t seed_value,
                                     int64_t B, int64_t H, int64_t W, int64_t C, BoxParams params,
-                                    bool uniform_fill, const float* __restrict__ fill_value,
+                                    const float* __restrict__ fill_value,
                                     bool fills_in_arg, FillArg fill_arg,
                                     int64_t* __restrict__ bmax, int64_t* __restrict__ bmin,
                                     float* __restrict__ ratio, float* __restrict__ fmax,
@@ -45,15 +45,16 @@ __global__ void sample_boxes_kernel(const int64_t* __restrict__ pmax,
   if (b >= B) return;
   const int64_t seed = seed_ptr != nullptr ? *seed_ptr : seed_value;
   ratio[b] = sample_box_and_fills(seed, ids[b], quality[b], H, W, C, params, pmax + 2 * b,
-                                  pmin + 2 * b, uniform_fill, fill_value, bmax + 4 * b,
-                                  bmin + 4 * b, fmax + b * C, fmin + b * C);
+                                  pmin + 2 * b, fill_value, bmax + 4 * b, bmin + 4 * b,
+                                  fmax + b * C, fmin + b * C);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_boxes_cuda(
     const at::Tensor& peak_max_in, const at::Tensor& peak_min_in, const at::Tensor& quality_in,
     const at::Tensor& sample_ids_in, const at::Tensor& seed, int64_t H, int64_t W, int64_t C,
-    double area_lo, double area_hi, double quality_gain, double aspect_lo, double area_scale,
-    bool center_anchor, bool uniform_fill, const at::Tensor& fill_value_in) {
+    c10::ArrayRef<double> box_params, const at::Tensor& fill_value_in) {
+  const BoxParams params = box_params_arg("sample_boxes", box_params);
+  const bool uniform_fill = params.uniform_fill;
   const int64_t B = check_sample_boxes_args(peak_max_in, peak_min_in, quality_in, sample_ids_in,
                                             seed, H, W, C, uniform_fill, fill_value_in);
   TORCH_CHECK(on_kernel_device(peak_max_in),
@@ -101,13 +102,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
   at::Tensor fill_min = at::empty({B, C}, float_opts);
   if (B == 0) return {box_max, box_min, ratio, fill_max, fill_min};
 
-  const BoxParams params{area_lo, area_hi, quality_gain, aspect_lo, area_scale, center_anchor};
   const int64_t blocks = (B + kBoxThreads - 1) / kBoxThreads;
   ANM_LAUNCH(blocks, kBoxThreads, 0, current_stream(), sample_boxes_kernel)(
       peak_max.const_data_ptr<int64_t>(), peak_min.const_data_ptr<int64_t>(),
       quality.const_data_ptr<float>(), ids.const_data_ptr<int64_t>(),
       on_kernel_device(seed) ? seed_dev.const_data_ptr<int64_t>() : nullptr, seed_value, B, H, W, C,
-      params, uniform_fill,
+      params,
       (uniform_fill || fills_in_arg) ? nullptr : fill_value.const_data_ptr<float>(),
       fills_in_arg, fill_arg,
       box_max.data_ptr<int64_t>(), box_min.data_ptr<int64_t>(), ratio.data_ptr<float>(),

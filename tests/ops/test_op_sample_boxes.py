@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 import anm_fast
 from anm_fast import reference as R
+from anm_fast.config import BoxParams
 from anm_fast.testing import sample_boxes_args
 
 NAMES = ("box_max", "box_min", "ratio", "fill_max", "fill_min")
@@ -39,7 +40,7 @@ def test_bit_exact(backend, B, H, W, C, anchor, config, uniform):
     assert_inside(got[0], H, W)
     assert_inside(got[1], H, W)
     if not uniform:
-        assert torch.equal(got[3], args[15].expand(B, C)) and torch.equal(got[4], got[3])
+        assert torch.equal(got[3], args[-1].expand(B, C)) and torch.equal(got[4], got[3])
 
 
 GRID_CONFIGS = [
@@ -69,8 +70,8 @@ def test_bit_exact_grid(backend, B, HWC, cfg):
     fv = {"zero": torch.zeros(C), "mean": torch.linspace(-0.5, 0.7, C)}.get(fill, torch.zeros(0))
     for seed_value in (0, 12345, -7, 2**63 - 1):
         seed = torch.tensor(seed_value, dtype=torch.int64)
-        args = (pmax, pmin, q, ids, seed, H, W, C, a_lo, a_hi, qg, asp, ascale, center, uniform,
-                fv)
+        box_params = BoxParams(a_lo, a_hi, qg, asp, ascale, center, uniform).pack()
+        args = (pmax, pmin, q, ids, seed, H, W, C, box_params, fv)
         want = R.sample_boxes(*args)
         assert_boxes_equal(backend("sample_boxes", *args), want)
         on_device = args[:4] + (seed.to(backend.device),) + args[5:]
@@ -114,6 +115,15 @@ def test_strided_and_narrow_inputs(backend):
     seed = base[4].reshape(1, 1).to(torch.int32)
     args = (pmax, pmin, q, ids, seed) + base[5:]
     assert_boxes_equal(backend("sample_boxes", *args), R.sample_boxes(*base))
+
+
+def test_box_params_of_another_layout_are_a_clear_error(backend):
+    args = list(sample_boxes_args(3, 8, 8, 3))
+    for bad, message in ((args[8][:-1], "box_params must hold 7 values"),
+                         (args[8] + [0.0], "box_params must hold 7 values"),
+                         (args[8][:5] + [0.5, 1.0], "center_anchor.* must be 0 or 1")):
+        with pytest.raises(ValueError, match=message):
+            backend("sample_boxes", *args[:8], bad, args[9])
 
 
 def test_empty_batch(backend):
