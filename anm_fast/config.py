@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import typing
 from typing import NamedTuple, Tuple, Union
 
 import numpy as np
@@ -72,12 +73,16 @@ class BoxParams(NamedTuple):
                              f"{len(values)}")
         fields = {}
         for name, v in zip(cls._fields, values):
-            if cls.__annotations__[name] in (bool, "bool"):
+            if name in _BOX_FLAGS:
                 if v not in (0.0, 1.0):
                     raise ValueError(f"box_params' {name} must be 0 or 1, got {v!r}")
                 v = bool(v)
             fields[name] = v
         return cls(**fields)
+
+
+# The fields of BoxParams that travel as 1.0 / 0.0.
+_BOX_FLAGS = tuple(n for n, t in typing.get_type_hints(BoxParams).items() if t is bool)
 
 
 @dataclasses.dataclass(frozen=True)
