@@ -128,3 +128,22 @@ def test_single_network_anm_honours_the_switches():
     want = res.loss_clean + soft_cross_entropy(res.logits_erased[B:].float(),
                                                res.targets_erased[B:].float())
     assert torch.allclose(ablated_loss(no_max, res, t), want)
+
+
+
+def test_state_round_trips_decoders_and_refuses_other_counts():
+    # Method.state_dict holds one reconstruction decoder per network: a checkpoint loads into a
+    # run with as many, and a run without the reconstruction part refuses it (it would drop the
+    # decoders silently); the other way round a fresh decoder would silently join
+    full, again, off = method("anm"), method("anm"), method("anm", anm_recon=False)
+    state = full.state_dict()
+    for d in again.decoders:
+        torch.nn.init.zeros_(d.layers[0].weight)
+    again.load_state_dict(state)
+    assert len(again.decoders) == 1 and all(
+        torch.equal(a.layers[0].weight, b.layers[0].weight)
+        for a, b in zip(full.decoders, again.decoders))
+    with pytest.raises(ValueError, match="holds 1 reconstruction decoders, this run has 0"):
+        off.load_state_dict(state)
+    with pytest.raises(ValueError, match="holds 0 reconstruction decoders, this run has 1"):
+        full.load_state_dict(off.state_dict())
