@@ -113,6 +113,19 @@ def anm_mask_args(x, fmap, targets, quality, sample_ids, seed, config=None, chec
             torch.tensor(values, dtype=torch.float32), float(cfg.label_gain), check)
 
 
+# ATen ops that launch no kernel: allocation and views.
+_NO_LAUNCH = {"aten::empty", "aten::empty_strided", "aten::view", "aten::reshape",
+              "aten::_reshape_alias", "aten::as_strided", "aten::alias"}
+
+
+def aten_calls(fn) -> list:
+    """The ATen ops that calling fn() makes, by name, other than allocation and views: on a GPU
+    each of them would be a kernel launch (a cat, a cast, a copy) besides the op's own kernels."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sorted({e.name for e in prof.events() if e.name.startswith("aten::")} - _NO_LAUNCH)
+
+
 def assert_same_state(a, b, where: str = "state") -> None:
     """Nested state (dicts, lists, tuples of tensors and plain values, as in checkpoints) equal bit
     for bit, tensors with the same dtype; the assertion names the first place that differs."""

@@ -127,3 +127,24 @@ def test_torch_compile_backward_through_erase():
     cx, ct = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x, t), (x, t))
     torch.testing.assert_close(cx, gx)
     torch.testing.assert_close(ct, gt)
+
+
+def test_opcheck_on_cuda(gpu_backend):
+    dev = "cuda"
+    fmap = torch.randn(3, 8, 4, 4, device=dev).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(ops.activation_peaks.default, (fmap, 13, 9, 1.0 / 255))
+    pmax, pmin, _ = ops.activation_peaks(fmap, 13, 9, 0.0)
+    args = (pmax, pmin, torch.rand(3, device=dev), torch.arange(3, device=dev),
+            torch.tensor(5, device=dev), 13, 9, 3, ANMConfig().box_params(),
+            torch.zeros(0, device=dev))
+    torch.library.opcheck(ops.sample_boxes.default, args)
+    bmax, bmin, ratio, fmax, fmin = ops.sample_boxes(*args)
+    for kind in ("contiguous", "channels_last"):
+        x = relayout(torch.randn(3, 3, 13, 9, device=dev), kind).requires_grad_(True)
+        t = torch.softmax(torch.randn(3, 4, device=dev), 1).requires_grad_(True)
+        torch.library.opcheck(ops.erase_and_modulate.default,
+                              (x, t, bmax, bmin, fmax, fmin, ratio, 1.0))
+        g = relayout(torch.randn(6, 3, 13, 9, device=dev), kind)
+        torch.library.opcheck(ops.erase_and_modulate_backward.default,
+                              (g, torch.randn(3, 4, device=dev), t.detach(), bmax, bmin, ratio,
+                               1.0))

@@ -208,3 +208,36 @@ def _assert_same_specialisation(kernel, launches):
     assert varying <= _unspecialised(kernel), (
         f"{kernel.__name__}: {sorted(varying - _unspecialised(kernel))} follow the batch size "
         f"and are specialised")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_last_partial_batch_does_not_recompile_triton():
+    pytest.importorskip("triton")
+    import importlib
+
+    from anm_fast import kernels as K
+
+    mods = [importlib.import_module(f"anm_fast.kernels.{m}")
+            for m in ("activation_peaks", "sample_boxes", "erase")]
+    kernels = [mods[0]._activation_peaks_kernel, mods[1]._sample_boxes_kernel,
+               mods[2]._erase_kernel]
+
+    def compiled():
+        return sum(len(cache) for k in kernels for cache, *_ in k.device_caches.values())
+
+    def batch(B):
+        fmap = torch.randn(B, 16, 4, 4, device="cuda")
+        x = torch.randn(B, 3, 32, 32, device="cuda")
+        t = torch.softmax(torch.randn(B, 10, device="cuda"), 1)
+        pmax, pmin, _ = K.activation_peaks(fmap, 32, 32, 0.0)
+        boxes = K.sample_boxes(pmax, pmin, torch.rand(B, device="cuda"),
+                               torch.arange(B, device="cuda"), torch.tensor(B), 32, 32, 3,
+                               anm_fast.ANMConfig().box_params(), torch.zeros(0))
+        K.erase_and_modulate(x, t, boxes[0], boxes[1], boxes[3], boxes[4], boxes[2], 1.0)
+        torch.cuda.synchronize()
+
+    batch(512)
+    before = compiled()
+    for B in (512, 37, 1, 511):
+        batch(B)
+    assert compiled() == before

@@ -31,12 +31,7 @@ __global__ void __launch_bounds__(kPeakThreads) activation_peaks_kernel(
   block_peaks<scalar_t, acc_t>(fmap + b * sB, K, h, w, sK, sH, sW, H, W, band, plan, smem_raw,
                                plan.map_in_smem ? nullptr : scratch + b * P, energy + b * P,
                                &ihi, &ilo);
-  if (threadIdx.x == 0) {
-    peak_max[2 * b] = ihi / W;
-    peak_max[2 * b + 1] = ihi % W;
-    peak_min[2 * b] = ilo / W;
-    peak_min[2 * b + 1] = ilo % W;
-  }
+  if (threadIdx.x == 0) write_peaks(ihi, ilo, W, peak_max + 2 * b, peak_min + 2 * b);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> activation_peaks_cuda(const at::Tensor& fmap,

@@ -135,16 +135,6 @@ __device__ __forceinline__ T block_min(T v, T* buf) {
   return m;
 }
 
-// Constant fills given as a CPU tensor travel as a kernel argument (no host-to-device copy, so
-// nothing to synchronise and nothing a CUDA graph capture would refuse), up to this many channels
-// (2 KiB of the 4 KiB kernel-parameter space). Only more channels than that are copied. A kernel
-// stages them in shared memory: a pointer into the parameter space would make every thread copy
-// the whole argument into its local memory.
-constexpr int kMaxArgFills = 512;
-struct FillArg {
-  float v[kMaxArgFills];
-};
-
 // VEC elements loaded / stored as one aligned access.
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) AlignedVec {
@@ -158,7 +148,9 @@ inline bool aligned_to(const void* p, size_t bytes) {
 // Small argument tensors (boxes, fills, ratios, targets) read by the kernels in the dtype and
 // strides they come in: a cast or a contiguous copy on the host side would be a launch of its own
 // for a few bytes. The dtype is a run-time switch (the same branch in every thread).
-enum class ElemType : int32_t { kFloat, kDouble, kHalf, kBFloat16, kLong, kInt, kShort, kChar, kByte };
+enum class ElemType : int32_t {
+  kFloat, kDouble, kHalf, kBFloat16, kLong, kInt, kShort, kChar, kByte
+};
 
 // A tensor of at most two dimensions: element (i, j) is at p + i * s0 + j * s1 elements.
 struct ArgView {

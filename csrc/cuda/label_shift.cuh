@@ -66,24 +66,6 @@ __device__ __forceinline__ void modulate_row_warp(const ArgView& t, int64_t b, i
     modulate_row_warp<float>(t, b, N, ratio, label_gain, out);
 }
 
-template <typename scalar_t>
-constexpr ElemType elem_type_of() {
-  return std::is_same<scalar_t, double>::value          ? ElemType::kDouble
-         : std::is_same<scalar_t, at::Half>::value      ? ElemType::kHalf
-         : std::is_same<scalar_t, at::BFloat16>::value  ? ElemType::kBFloat16
-                                                        : ElemType::kFloat;
-}
-
-// The forward on one row given as a typed pointer (stride s1) into a contiguous row `out`.
-template <typename scalar_t>
-__device__ __forceinline__ void modulate_row_warp(const scalar_t* __restrict__ row, int64_t s1,
-                                                  int64_t N, float ratio, double label_gain,
-                                                  scalar_t* __restrict__ out) {
-  const ArgView t{const_cast<scalar_t*>(row), 0, s1, elem_type_of<scalar_t>()};
-  const ArgView o{out, 0, 1, elem_type_of<scalar_t>()};
-  modulate_row_warp<opmath_of<scalar_t>>(t, 0, N, ratio, label_gain, o);
-}
-
 // Row b of dL/dt: dL/dt' passes through, except where the clamp d = t_k is active: then t'_k = 0
 // and each other class gains t_k / (N - 1), so dL/dt_k = sum_{c != k} g_c / (N - 1). The arg-max
 // and clamp in t_op (the targets' opmath), the sum in g_op (the gradient's).

@@ -189,5 +189,14 @@ __device__ __forceinline__ void block_peaks(const scalar_t* __restrict__ f, int6
   *peak_lo = ilo == INT_MAX ? 0 : ilo;
 }
 
+// The row-major pixel indices of block_peaks as (row, column) pairs of an image W pixels wide.
+__device__ __forceinline__ void write_peaks(int hi, int lo, int W, int64_t* peak_max,
+                                            int64_t* peak_min) {
+  peak_max[0] = hi / W;
+  peak_max[1] = hi % W;
+  peak_min[0] = lo / W;
+  peak_min[1] = lo % W;
+}
+
 }  // namespace cuda
 }  // namespace anm_fast

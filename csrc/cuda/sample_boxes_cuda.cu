@@ -7,10 +7,11 @@
 #include "../anm_common.h"
 #include "../op_checks.h"
 #include "cuda_utils.cuh"
+#include "sampling_args.cuh"
 
 #if !defined(ANM_CUDA_EMULATION)
 // Present only in builds that compiled the CUDA sources: tests look it up in the shared library
-// to know that the CUDA kernels must be registered (see tests/test_cuda_ops.py).
+// to know that the CUDA kernels must be registered (see tests/test_cuda_build_info.py).
 extern "C" __attribute__((visibility("default"))) const char anm_fast_cuda_build[] =
     "anm_fast CUDA kernels";
 #endif
@@ -26,25 +27,17 @@ __global__ void sample_boxes_kernel(const int64_t* __restrict__ pmax,
                                     const int64_t* __restrict__ pmin,
                                     const float* __restrict__ quality,
                                     const int64_t* __restrict__ ids,
-                                    const int64_t* __restrict__ seed_ptr, int64_t seed_value,
-                                    int64_t B, int64_t H, int64_t W, int64_t C, BoxParams params,
-                                    const float* __restrict__ fill_value,
-                                    bool fills_in_arg, FillArg fill_arg,
+                                    SeedArg seed, int64_t B, int64_t H, int64_t W, int64_t C,
+                                    BoxParams params, FillArg fills,
                                     int64_t* __restrict__ bmax, int64_t* __restrict__ bmin,
                                     float* __restrict__ ratio, float* __restrict__ fmax,
                                     float* __restrict__ fmin) {
-  // Fills passed by value are staged in shared memory: a pointer into the parameter space would
-  // make every thread copy the whole argument into its local memory.
-  __shared__ float arg_fills[kMaxArgFills];
-  if (fills_in_arg) {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) arg_fills[c] = fill_arg.v[c];
-    __syncthreads();
-    fill_value = arg_fills;
-  }
+  __shared__ float staged_fills[kMaxArgFills];
+  const float* fill_value = stage_fills(fills, C, staged_fills);
+  __syncthreads();
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
-  const int64_t seed = seed_ptr != nullptr ? *seed_ptr : seed_value;
-  ratio[b] = sample_box_and_fills(seed, ids[b], quality[b], H, W, C, params, pmax + 2 * b,
+  ratio[b] = sample_box_and_fills(seed.get(), ids[b], quality[b], H, W, C, params, pmax + 2 * b,
                                   pmin + 2 * b, fill_value, bmax + 4 * b, bmin + 4 * b,
                                   fmax + b * C, fmin + b * C);
 }
@@ -60,38 +53,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
   TORCH_CHECK(on_kernel_device(peak_max_in),
               "sample_boxes (CUDA): peak_max must be a CUDA tensor");
   const char* op = "sample_boxes";
-  check_same_device(op, peak_max_in, peak_min_in, "peak_min");
-  check_same_device(op, peak_max_in, quality_in, "quality");
-  check_same_device(op, peak_max_in, sample_ids_in, "sample_ids");
+  check_same_device(op, peak_max_in, {{peak_min_in, "peak_min"}, {quality_in, "quality"},
+                                      {sample_ids_in, "sample_ids"}});
   DeviceGuard guard(peak_max_in.device());
 
   const at::Tensor peak_max = peak_max_in.to(at::kLong).contiguous();
   const at::Tensor peak_min = peak_min_in.to(at::kLong).contiguous();
   const at::Tensor quality = quality_in.to(at::kFloat).contiguous();
   const at::Tensor ids = sample_ids_in.to(at::kLong).contiguous();
-  // A seed on the GPU is read by the kernel; a CPU seed (0-d CPU tensors may accompany CUDA
-  // tensors) is read here, which needs no synchronisation.
-  at::Tensor seed_dev;
-  int64_t seed_value = 0;
-  if (on_kernel_device(seed)) {
-    check_same_device(op, peak_max_in, seed, "seed");
-    seed_dev = seed.to(at::kLong).reshape({1}).contiguous();
-  } else {
-    seed_value = cpu_seed_value(seed);
-  }
-  at::Tensor fill_value;
-  FillArg fill_arg{};
-  bool fills_in_arg = false;
-  if (!uniform_fill) {
-    if (fill_value_in.is_cpu() && C <= kMaxArgFills) {
-      const at::Tensor f = fill_value_in.to(at::kFloat).contiguous();
-      const float* fp = f.const_data_ptr<float>();
-      for (int64_t c = 0; c < C; ++c) fill_arg.v[c] = fp[c];
-      fills_in_arg = true;
-    } else {
-      fill_value = fill_value_in.to(peak_max_in.device(), at::kFloat).contiguous();
-    }
-  }
+  at::Tensor seed_dev, fill_value;
+  const SeedArg seed_in = seed_arg(op, peak_max_in, seed, seed_dev);
+  const FillArg fills =
+      fill_arg(fill_value_in, uniform_fill, C, peak_max_in.device(), fill_value);
 
   auto long_opts = peak_max_in.options().dtype(at::kLong);
   auto float_opts = peak_max_in.options().dtype(at::kFloat);
@@ -106,10 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_bo
   ANM_LAUNCH(blocks, kBoxThreads, 0, current_stream(), sample_boxes_kernel)(
       peak_max.const_data_ptr<int64_t>(), peak_min.const_data_ptr<int64_t>(),
       quality.const_data_ptr<float>(), ids.const_data_ptr<int64_t>(),
-      on_kernel_device(seed) ? seed_dev.const_data_ptr<int64_t>() : nullptr, seed_value, B, H, W, C,
-      params,
-      (uniform_fill || fills_in_arg) ? nullptr : fill_value.const_data_ptr<float>(),
-      fills_in_arg, fill_arg,
+      seed_in, B, H, W, C, params, fills,
       box_max.data_ptr<int64_t>(), box_min.data_ptr<int64_t>(), ratio.data_ptr<float>(),
       fill_max.data_ptr<float>(), fill_min.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

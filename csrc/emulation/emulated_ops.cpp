@@ -1,7 +1,7 @@
 // The anm_fast_emulated library: the schemas of the ops that have CUDA kernels, implemented for
 // CPU tensors by those kernels running on the CUDA emulation (the emulated_*.cpp files compile
 // csrc/cuda/*.cu with cuda_emulation.h), plus the emulation's schedule switch. Built as the
-// anm_fast._C_emulated extension, for the tests only (tests/test_cuda_emulated.py).
+// anm_fast._C_emulated extension, for the tests only (the cuda_emulated backend of tests/ops).
 #include <Python.h>
 #include <torch/library.h>
 

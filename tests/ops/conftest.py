@@ -85,23 +85,6 @@ def _emulated_ops():
     return torch.ops.anm_fast_emulated
 
 
-@pytest.fixture(params=["cuda", "triton"])
-def gpu_backend(request):
-    """For what only a GPU shows: each GPU backend in turn serves the CUDA dispatch key (the ops,
-    the API and autograd), on CUDA tensors. Skips without a GPU."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    name = request.param
-    if name == "cuda" and not anm_fast.has_cuda_kernels():
-        pytest.skip("anm_fast was built without CUDA kernels")
-    if name == "triton" and importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    previous = anm_fast.get_backend()
-    assert anm_fast.set_backend(name) == name
-    yield name
-    anm_fast.set_backend(previous)
-
-
 @pytest.fixture
 def emulated_ops():
     """torch.ops.anm_fast_emulated, for the tests of what only the CUDA kernels do (launch counts,

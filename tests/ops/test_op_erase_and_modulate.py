@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import anm_fast
 from anm_fast import reference as R
-from anm_fast.testing import TOLERANCES, relayout, sample_boxes_args
+from anm_fast.testing import TOLERANCES, aten_calls, relayout, sample_boxes_args
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SHAPES = [(1, 3, 32, 32, 10), (7, 1, 5, 7, 2), (3, 3, 17, 9, 100), (2, 5, 40, 33, 3),
@@ -242,14 +242,6 @@ def test_sample_offsets_past_32_bits(backend):
                       t[:1], *b1, 1.0)
         want = R.erase_and_modulate_backward(g, t[:1].float(), t[:1], *b1, 1.0)
         assert torch.equal(got[0], want[0])
-
-
-def aten_calls(fn):
-    """The ATen ops that fn's call makes, by name, outside allocation (which launches nothing)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return sorted({e.name for e in prof.events() if e.name.startswith("aten::")}
-                  - {"aten::empty", "aten::empty_strided"})
 
 
 @pytest.mark.cuda_emulated

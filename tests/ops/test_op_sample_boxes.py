@@ -126,6 +126,16 @@ def test_box_params_of_another_layout_are_a_clear_error(backend):
             backend("sample_boxes", *args[:8], bad, args[9])
 
 
+@pytest.mark.parametrize("C", [16, 17, 512, 513])
+def test_constant_fills_any_channel_count(backend, C):
+    # The CUDA kernels take up to 512 constant fills given on the CPU in their argument (no
+    # host-to-device copy), more through device memory.
+    args = sample_boxes_args(40, 32, 32, C, uniform=False)
+    got = backend("sample_boxes", *args)
+    assert torch.equal(got[3], args[-1].expand(40, C)) and torch.equal(got[4], got[3])
+    assert_boxes_equal(got, R.sample_boxes(*args))
+
+
 def test_empty_batch(backend):
     out = backend("sample_boxes", *sample_boxes_args(0, 32, 32, 3))
     assert [tuple(o.shape) for o in out] == [(0, 4), (0, 4), (0,), (0, 3), (0, 3)]
@@ -145,3 +155,28 @@ def test_bit_identical_on_random_configs(backend, B, H, W, C, seed, area, aspect
     got = backend("sample_boxes", *args)
     assert_boxes_equal(got, R.sample_boxes(*args))
     assert_inside(got[0], H, W)
+
+
+# ------------------------------------------------------------ what only a GPU shows
+def test_a_cpu_seed_and_cpu_fills_cost_no_copy_or_sync(gpu_backend):
+    # How the API passes an int seed and constant fills: as CPU tensors, read on the host.
+    gen = torch.Generator().manual_seed(1)
+    pmax = torch.randint(0, 32, (16, 2), generator=gen).cuda()
+    pmin = torch.randint(0, 32, (16, 2), generator=gen).cuda()
+    q = torch.rand(16, generator=gen).cuda()
+    ids = torch.randint(-2**62, 2**62, (16,), generator=gen).cuda()
+    fills = torch.tensor([0.1, 0.2, 0.3])
+    args = (32, 32, 3, anm_fast.ANMConfig(fill=(0.1, 0.2, 0.3)).box_params(), fills)
+    op = torch.ops.anm_fast.sample_boxes
+    op(pmax, pmin, q, ids, torch.tensor(5), *args)  # the first call may cache the fills
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for seed in (5, -7, 2**40 + 3):
+            got = op(pmax, pmin, q, ids, torch.tensor(seed), *args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = R.sample_boxes(pmax, pmin, q, ids, torch.tensor(2**40 + 3, device="cuda"),
+                          *args[:-1], fills.cuda())
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
