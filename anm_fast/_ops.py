@@ -14,8 +14,9 @@ from . import _ext, backend, reference
 OP_NAMES = ("activation_peaks", "sample_boxes", "erase_and_modulate",
             "erase_and_modulate_backward")
 
-# The fused stages 1-3 op: C++ CPU kernel only (csrc/cpu/anm_mask_cpu.cpp). anm_fast.anm_mask
-# calls it for CPU batches that need no gradient and composes the three ops otherwise.
+# The fused op (peaks, boxes and erasing, docs/SPEC.md 1-3): C++ CPU kernel only
+# (csrc/cpu/anm_mask_cpu.cpp). anm_fast.anm_mask calls it for CPU batches that need no gradient
+# and composes the three ops otherwise.
 FUSED_CPU_OPS = ("anm_mask",)
 
 # Kept identical to csrc/ops.cpp (a test compares them when the extension is loaded).

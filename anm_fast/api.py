@@ -89,8 +89,8 @@ def _seed_tensor(seed, device) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _cpu_arange(B: int) -> torch.Tensor:
-    # Read-only for every op that takes it. Cached: an arange of a few hundred ids costs ~30 us
-    # with two intra-op threads, a sizeable part of a CPU anm_mask call at CIFAR shapes.
+    # Read-only for every op that takes it. Cached: with two intra-op threads even an arange of a
+    # few hundred ids is a sizeable part of a CPU anm_mask call at CIFAR shapes.
     return torch.arange(B, dtype=torch.int64)
 
 
@@ -232,9 +232,9 @@ def erase_and_modulate(x: torch.Tensor, targets: torch.Tensor, box_max: torch.Te
 
 
 def _use_fused_op(x: torch.Tensor) -> bool:
-    """Whether the fused op (stages 1-3 in one pass, differentiable in x and targets) serves the
-    batch's device: the C++ kernel on the CPU; on CUDA, the active backend's (Triton, the
-    reference, or the compiled CUDA kernels when built with it)."""
+    """Whether the fused op (peaks, boxes and erasing in one pass, differentiable in x and
+    targets) serves the batch's device: the C++ kernel on the CPU; on CUDA, the active backend's
+    (Triton, the reference, or the compiled CUDA kernels when built with it)."""
     if not _ext.has_extension():
         return False
     if x.device.type == "cpu":
@@ -277,7 +277,7 @@ def _op_seed(seed: int) -> torch.Tensor:
 def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
     """The training loop's CPU call in as little Python as possible: CPU tensors, soft float
     targets and quality, no gradients. After a call that streamed tens of MB through the caches
-    every line of Python runs cold (a first tensor creation costs ~30 us), so here the fused op
+    every line of Python runs cold (even creating a first tensor is slow), so here the fused op
     checks shapes and dtypes itself, it is called through the extension's direct entry (the
     dispatcher's typed interface rather than torch.ops' Python route; csrc/python_entry.cpp), and
     an int seed reaches it as a cached tensor (the one handed back is the op's copy). Returns None

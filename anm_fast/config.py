@@ -1,6 +1,7 @@
 """ANMConfig: every knob of the masking procedure, with the presets users ask for.
 
-The numbers and their meaning follow the behaviour contract (shared ANM_SPEC, stage 2 and 3).
+The numbers and their meaning follow the behaviour contract: docs/SPEC.md, "Boxes", "Erasing
+and labels" and "Presets".
 A config is immutable and validated on construction, so a bad value fails where it is written,
 not deep inside a kernel.
 """

@@ -93,7 +93,8 @@ inline void check_erase_args(const at::Tensor& x, const at::Tensor& targets,
   TORCH_CHECK(ratio.dim() == 1 && ratio.size(0) == B, "erase_and_modulate: ratio must be (B,)");
 }
 
-// The fused anm_mask (stages 1-3): the checks of its three stages, on the arguments it shares.
+// The fused anm_mask (peaks, boxes, erasing): the checks of the three ops, on the arguments it
+// shares.
 inline void check_anm_mask_args(const at::Tensor& x, const at::Tensor& fmap,
                                 const at::Tensor& targets, const at::Tensor& quality,
                                 const at::Tensor& sample_ids, const at::Tensor& seed,

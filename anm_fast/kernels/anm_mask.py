@@ -1,4 +1,4 @@
-"""Triton anm_mask: stages 1-3 of ANM (torch.ops.anm_fast.anm_mask) in two launches.
+"""Triton anm_mask: peaks, boxes and erasing of ANM (torch.ops.anm_fast.anm_mask) in two launches.
 
 Launch 1, one program per sample: the feature map read once (energy, L2 norm and the peak search
 over the resized map with the band rule, the resized map never written), the box and both fill

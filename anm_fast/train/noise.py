@@ -21,7 +21,7 @@ NOISE_KINDS = ("none", "sym", "sym-exact", "asym", "idn", "human")
 # kinds we synthesise ourselves: the truth (which labels are wrong) is known
 SYNTHETIC = ("sym", "sym-exact", "asym", "idn")
 
-# CIFAR-10 (spec): truck->automobile, bird->airplane, deer->horse, cat<->dog.
+# CIFAR-10 (docs/SPEC.md, "Label noise"): truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_ASYM = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 # Digits (ours): pairs of digits that look alike in 8x8 scans, mirroring the CIFAR-10 map's shape
 # (five source classes, one swapped pair): 7<->1, 3->8, 5->6, 9->4.

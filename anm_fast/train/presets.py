@@ -24,7 +24,7 @@ COMMON: Dict[str, Any] = dict(
     # ANM
     anm_preset="cifar", recon_weight=0.02, anm_area_lo=None, anm_area_hi=None,
     anm_area_scale=None, anm_quality_gain=None, anm_label_gain=None,
-    # label quality: average the last 5 epochs of losses at very high noise (spec stage 5)
+    # label quality: average the last 5 epochs of losses at very high noise (docs/SPEC.md 5)
     loss_history=False,
     # ANM ablation switches: which parts a run keeps (methods/anm_parts.py)
     anm_max_copy=True, anm_min_copy=True, anm_soften=True, anm_recon=True,
@@ -51,8 +51,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                    warmup=10, warmup_batch_factor=1, class_floor=0.5, dm_epoch="all", rampup=10, anm_preset="digits", recon_weight=0.02),
     "cifar10": dict(warmup=10),
     "cifar100": dict(warmup=20),
-    # Clothing1M-style real noise (spec): ResNet-50 on 224x224 images, lr 0.0009 / 10 at 40,
-    # 80 epochs, lambda_u 0, reconstruction weight 0.3; the ANM boxes of the clothing1m preset.
+    # Clothing1M-style real noise (the release's recipe): ResNet-50 on 224x224 images, lr 0.0009
+    # / 10 at 40, 80 epochs, lambda_u 0, reconstruction weight 0.3; the ANM boxes of the
+    # clothing1m preset.
     # Days on a CPU: chosen automatically only on a GPU, for large photos.
     "clothing1m": dict(model="resnet50", epochs=80, lr=0.0009, lr_step=40, warmup=1,
                        lambda_u=0.0, recon_weight=0.3, anm_preset="clothing1m", batch_size=32,

@@ -77,14 +77,14 @@ __global__ void __launch_bounds__(kPeakThreads) anm_mask_kernel(
   const float* fill_value = stage_fills(fills, C, staged_fills);  // read after block_peaks'
                                                                       // barriers
 
-  // ---- stage 1: energies and peaks (the whole block)
+  // ---- energies and peaks (the whole block)
   int ihi, ilo;
   block_peaks<fmap_t, acc_t>(fmap + b * s.fB, s.K, s.h, s.w, s.fK, s.fH, s.fW,
                              static_cast<int>(H), static_cast<int>(W), cfg.band, cfg.plan,
                              smem_raw, cfg.plan.map_in_smem ? nullptr : scratch + b * P,
                              energy + b * P, &ihi, &ilo);
 
-  // ---- stage 2: boxes and fills (one thread)
+  // ---- boxes and fills (one thread)
   if (threadIdx.x == 0) {
     int64_t* pmax = peak_max + 2 * b;
     int64_t* pmin = peak_min + 2 * b;
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kPeakThreads) anm_mask_kernel(
   }
   __syncthreads();  // the boxes, the ratio and the fills (global, by thread 0) for every thread
 
-  // ---- stage 3: both erased copies of the image (64-bit sample base, 32-bit offsets inside)
+  // ---- both erased copies of the image (64-bit sample base, 32-bit offsets inside)
   const int64_t CHW = C * H * W;
   const BoxRows bm{box[0], box[1], box[0] + box[2], box[1] + box[3]};
   const BoxRows bn{box[4], box[5], box[4] + box[6], box[5] + box[7]};

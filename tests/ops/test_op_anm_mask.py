@@ -1,4 +1,4 @@
-"""anm_mask (stages 1-3 in one op) on every backend against the reference composition
+"""anm_mask (peaks, boxes and erasing in one op) on every backend against the reference composition
 activation_peaks -> sample_boxes -> erase_and_modulate: every output the same bits, except the
 targets (per-dtype tolerance)."""
 import pytest
