@@ -9,7 +9,10 @@ published ones and the ANM release's; the digits numbers were tuned on digits by
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Tuple
+
+from ..config import ANMConfig
 
 COMMON: Dict[str, Any] = dict(
     model="preact_resnet18", width=None, epochs=300, batch_size=64, lr=0.02, momentum=0.9,
@@ -22,8 +25,10 @@ COMMON: Dict[str, Any] = dict(
     alpha=4.0, T=0.5, lambda_u=25.0, rampup=16, p_threshold=0.5, prior_penalty=True,
     conf_penalty=False,          # negative-entropy penalty during warm-up (DivideMix, asym noise)
     # ANM
-    anm_preset="cifar", recon_weight=0.02, anm_area_lo=None, anm_area_hi=None,
-    anm_area_scale=None, anm_quality_gain=None, anm_label_gain=None,
+    anm_preset="cifar", recon_weight=0.02,
+    # anm_<field> for every ANMConfig field (area_lo, ..., label_gain): None keeps the
+    # anm_preset's value (anm_config below); a new ANMConfig field is a setting here by itself
+    **{f"anm_{f.name}": None for f in dataclasses.fields(ANMConfig)},
     # label quality: average the last 5 epochs of losses at very high noise (docs/SPEC.md 5)
     loss_history=False,
     # ANM ablation switches: which parts a run keeps (methods/anm_parts.py)
@@ -129,8 +134,6 @@ def resolve(method: str, preset: str, noise_kind: str, rate: float,
 
 def anm_config(hp: Dict[str, Any]):
     """The ANMConfig of a run: a named preset plus any anm_* overrides."""
-    from ..config import ANMConfig
-
     name = hp.get("anm_preset", "cifar")
     if name == "cifar":
         cfg = ANMConfig.cifar()
@@ -144,6 +147,6 @@ def anm_config(hp: Dict[str, Any]):
         cfg = ANMConfig(area_lo=0.06, area_hi=0.13, area_scale=1.0)
     else:
         raise ValueError(f"unknown anm_preset {name!r}: cifar, clothing1m, sanm-official, digits")
-    changes = {k[4:]: hp[k] for k in ("anm_area_lo", "anm_area_hi", "anm_area_scale",
-                                      "anm_quality_gain", "anm_label_gain") if hp.get(k) is not None}
+    changes = {f.name: hp[f"anm_{f.name}"] for f in dataclasses.fields(ANMConfig)
+               if hp.get(f"anm_{f.name}") is not None}
     return cfg.replace(**changes) if changes else cfg
