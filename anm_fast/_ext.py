@@ -12,11 +12,10 @@ import torch
 
 _LOADED = False
 _ERROR: str | None = None
-_DIRECT_ANM_MASK = None
 
 
 def _load() -> None:
-    global _LOADED, _ERROR, _DIRECT_ANM_MASK
+    global _LOADED, _ERROR
     if os.environ.get("ANM_FAST_DISABLE_EXTENSION", "") == "1":
         _ERROR = "disabled by ANM_FAST_DISABLE_EXTENSION=1"
         return
@@ -34,18 +33,11 @@ def _load() -> None:
             f"reference serves every op. Reason: {msg}", RuntimeWarning, stacklevel=3)
         return
     _LOADED = True
-    _DIRECT_ANM_MASK = getattr(_C, "anm_mask", None)
 
 
 def has_extension() -> bool:
     """True when the C++ (and possibly CUDA) kernels are loaded."""
     return _LOADED
-
-
-def direct_anm_mask():
-    """anm_fast._C.anm_mask: the fused op through the dispatcher's typed interface, without
-    torch.ops' Python route (csrc/python_entry.cpp); None without the extension."""
-    return _DIRECT_ANM_MASK
 
 
 def extension_error() -> str | None:

@@ -14,19 +14,19 @@ from . import _ext, backend, reference
 OP_NAMES = ("activation_peaks", "sample_boxes", "erase_and_modulate",
             "erase_and_modulate_backward")
 
-# The fused op (peaks, boxes and erasing, docs/SPEC.md 1-3): C++ CPU kernel only
-# (csrc/cpu/anm_mask_cpu.cpp). anm_fast.anm_mask calls it for CPU batches that need no gradient
-# and composes the three ops otherwise.
+# The fused op (peaks, boxes and erasing, docs/SPEC.md 1-3), defined by the compiled extension
+# only (csrc/cpu/anm_mask_cpu.cpp, csrc/cuda/anm_mask_cuda.cu; kernels/anm_mask.py on CUDA under
+# the Triton backend). Without the extension anm_fast.anm_mask composes the three ops.
 FUSED_CPU_OPS = ("anm_mask",)
 
 # Kept identical to csrc/ops.cpp (a test compares them when the extension is loaded).
 SCHEMAS = {
-    "anm_mask": "(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor sample_ids, "
+    "anm_mask": "(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor? sample_ids, "
                 "Tensor seed, float band, float[] box_params, Tensor fill_value, "
                 "float label_gain, bool check_values) -> "
                 "(Tensor erased, Tensor targets_out, Tensor box_max, Tensor box_min, "
                 "Tensor ratio, Tensor fill_max, Tensor fill_min, Tensor peak_max, "
-                "Tensor peak_min, Tensor energy, Tensor seed_out)",
+                "Tensor peak_min, Tensor energy)",
     "activation_peaks": "(Tensor fmap, int height, int width, float band) -> "
                         "(Tensor peak_max, Tensor peak_min, Tensor energy)",
     "sample_boxes": "(Tensor peak_max, Tensor peak_min, Tensor quality, Tensor sample_ids, "
@@ -102,7 +102,7 @@ if _ext.has_extension():
         boxes = _sample_boxes_fake(x.new_empty((B, 2), dtype=torch.int64), None, quality,
                                    sample_ids, seed, 0, 0, C, box_params, fill_value)
         peaks = _activation_peaks_fake(fmap, 0, 0, band)
-        return (erased, targets_out, *boxes, *peaks, x.new_empty((), dtype=torch.int64))
+        return (erased, targets_out, *boxes, *peaks)
 
 
 # ---------------------------------------------------------------------------------------- autograd

@@ -6,7 +6,6 @@ autograd, and inside torch.compile(fullgraph=True).
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -87,31 +86,21 @@ def _seed_tensor(seed, device) -> torch.Tensor:
     return torch.tensor(seed, dtype=torch.int64)
 
 
-@functools.lru_cache(maxsize=16)
-def _cpu_arange(B: int) -> torch.Tensor:
-    # Read-only for every op that takes it. Cached: with two intra-op threads even an arange of a
-    # few hundred ids is a sizeable part of a CPU anm_mask call at CIFAR shapes.
-    return torch.arange(B, dtype=torch.int64)
+# The fills argument when the fills are drawn (uniform): the kernels do not read it.
+_NO_FILLS = torch.zeros(0)
 
 
-@functools.lru_cache(maxsize=64)
-def _cpu_fill_tensor(values: tuple) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32)
+def _fill_tensor(config: ANMConfig, C: int) -> torch.Tensor:
+    """The constant fills as a CPU float32 tensor (read on the host by every kernel: no device
+    copy)."""
+    uniform, values = config.fill_values(C)
+    return _NO_FILLS if uniform else torch.tensor(values, dtype=torch.float32)
 
 
-def _fill_tensor(values) -> torch.Tensor:
-    """The constant fills as a CPU float32 tensor (the kernels take it as an argument; no device
-    copy), cached per value tuple outside torch.compile."""
-    if chk.compiling():
-        return torch.tensor(values, dtype=torch.float32)
-    return _cpu_fill_tensor(tuple(float(v) for v in values))
-
-
-def _sample_ids(sample_ids, B: int, device) -> torch.Tensor:
+def _sample_ids(sample_ids, B: int, device) -> Optional[torch.Tensor]:
+    """The checked ids, or None for the batch positions 0..B-1."""
     if sample_ids is None:
-        if torch.device(device).type == "cpu" and not chk.compiling():
-            return _cpu_arange(B)
-        return torch.arange(B, device=device, dtype=torch.int64)
+        return None
     ids = chk.int_tensor(sample_ids, "sample_ids", "(B,)", (B,))
     chk.same_device("the batch", device, sample_ids=ids)
     return ids.to(torch.int64)
@@ -156,10 +145,10 @@ def sample_boxes(peak_max: torch.Tensor, peak_min: torch.Tensor, quality, image_
 
 def _sample_boxes(pmax, pmin, q, ids, seed_t, H: int, W: int, C: int,
                   config: ANMConfig) -> Boxes:
-    _, values = config.fill_values(C)
-    fill_value = _fill_tensor(values)
+    if ids is None:
+        ids = torch.arange(pmax.shape[0], device=pmax.device)
     return Boxes(*ops.sample_boxes(pmax, pmin, q, ids, seed_t, H, W, C, config.box_params(),
-                                   fill_value))
+                                   _fill_tensor(config, C)))
 
 
 _DEFAULT_CONFIG = ANMConfig()
@@ -242,76 +231,6 @@ def _use_fused_op(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and backend.fused_op_on_cuda()
 
 
-def _fused_op_args(config: ANMConfig, C: int, cached: bool = True) -> tuple:
-    """The fused op's config arguments (band ... label_gain, fill tensor in place), per config and
-    channel count: cached, since working them out costs more than a CPU call's Python budget
-    (`cached=False` while torch.compile traces: no Python-side caches then)."""
-    if not cached:
-        return _fused_op_args_cached.__wrapped__(config, C)
-    try:
-        return _fused_op_args_cached(config, C)
-    except TypeError:  # an unhashable config (a list of fill values): not cached
-        return _fused_op_args_cached.__wrapped__(config, C)
-
-
-@functools.lru_cache(maxsize=64)
-def _fused_op_args_cached(config: ANMConfig, C: int) -> tuple:
-    _, values = config.fill_values(C)
-    return (float(config.band), config.box_params(), _fill_tensor(values),
-            float(config.label_gain))
-
-
-_Tensor = torch.Tensor
-_OP_SEEDS: dict = {}  # int seed -> 0-d tensor, read by the fused op only (never handed out)
-
-
-def _op_seed(seed: int) -> torch.Tensor:
-    t = _OP_SEEDS.get(seed)
-    if t is None:
-        if len(_OP_SEEDS) >= 256:
-            _OP_SEEDS.clear()
-        t = _OP_SEEDS[seed] = _seed_tensor(seed, "cpu")
-    return t
-
-
-def _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids):
-    """The training loop's CPU call in as little Python as possible: CPU tensors, soft float
-    targets and quality, no gradients. After a call that streamed tens of MB through the caches
-    every line of Python runs cold (even creating a first tensor is slow), so here the fused op
-    checks shapes and dtypes itself, it is called through the extension's direct entry (the
-    dispatcher's typed interface rather than torch.ops' Python route; csrc/python_entry.cpp), and
-    an int seed reaches it as a cached tensor (the one handed back is the op's copy). Returns None
-    when the call is not of that form, or when anything fails: the general path then names the bad
-    argument (or raises the op's error again)."""
-    if not (type(x) is _Tensor and type(fmap) is _Tensor and type(targets) is _Tensor
-            and type(quality) is _Tensor and x.is_cpu and fmap.is_cpu and targets.is_cpu
-            and quality.is_cpu
-            and targets.dtype.is_floating_point and quality.dtype.is_floating_point
-            and not (x.requires_grad or fmap.requires_grad or targets.requires_grad
-                     or quality.requires_grad)):
-        return None
-    if sample_ids is not None and (type(sample_ids) is not _Tensor or not sample_ids.is_cpu
-                                   or sample_ids.dtype.is_floating_point
-                                   or sample_ids.dtype.is_complex
-                                   or sample_ids.dtype == torch.bool):
-        return None
-    direct = _ext.direct_anm_mask()
-    if direct is None or chk.compiling():
-        return None
-    try:
-        if x.dim() != 4:
-            return None
-        ids = _cpu_arange(x.shape[0]) if sample_ids is None else sample_ids
-        seed_t = (_op_seed(seed) if type(seed) is int and -2**63 <= seed < 2**63
-                  else _seed_tensor(seed, "cpu"))
-        out = direct(x, fmap, targets, quality, ids, seed_t, *_fused_op_args(config, x.shape[1]),
-                     chk.value_checks_active())
-    except Exception:  # noqa: BLE001 - the general path reports it
-        return None
-    chk.check_values(soft_targets=targets, energy=out[9], fmap=fmap)
-    return MaskBatch(*out)  # the op's last output is a copy of the seed
-
-
 def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality, *,
              config: Optional[ANMConfig] = None, seed=None,
              sample_ids: Optional[torch.Tensor] = None,
@@ -320,10 +239,6 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
     and modulated targets. `targets` may be soft (B, N) or class indices (B,) with num_classes=.
     `seed=None` draws a seed from torch's default generator (torch.manual_seed repeats runs)."""
     config = _config(config)
-    if num_classes is None:
-        fast = _anm_mask_fast(x, fmap, targets, quality, config, seed, sample_ids)
-        if fast is not None:
-            return fast
     x = chk.float_tensor(x, "x", 4, "(B, C, H, W) images")
     chk.non_empty(x, "x", "(B, C, H, W) images")
     fmap = chk.float_tensor(fmap, "fmap", 4, "(B, K, h, w)")
@@ -337,14 +252,20 @@ def anm_mask(x: torch.Tensor, fmap: torch.Tensor, targets: torch.Tensor, quality
     ids = _sample_ids(sample_ids, B, x.device)
     seed_t = _seed_tensor(seed, x.device)
     if _use_fused_op(x):
-        # One pass over the batch (csrc/cpu/anm_mask_cpu.cpp, kernels/anm_mask.py): the same
-        # results as the three ops below, with the quality and energy checks made by the op.
+        # One pass over the batch (csrc/cpu/anm_mask_cpu.cpp, csrc/cuda/anm_mask_cuda.cu,
+        # kernels/anm_mask.py): the same results as the three ops below. With check_values the op
+        # checks the quality and a finite energy; the CPU kernel also the soft targets and an
+        # energy that overflowed to zero, in the pass it makes anyway (here they would cost a
+        # dozen small ops per call, the most expensive part of a CPU call's Python layer).
         out = ops.anm_mask(x, fmap.detach() if fmap.requires_grad else fmap, t, q, ids, seed_t,
-                           *_fused_op_args(config, C, cached=not chk.compiling()),
-                           chk.value_checks_active())
-        chk.check_values(labels=labels, num_classes=n, energy=out[9], fmap=fmap,
-                         soft_targets=t if labels is None else None)
-        return MaskBatch(*out)  # the op's last output is a copy of the seed
+                           float(config.band), config.box_params(), _fill_tensor(config, C),
+                           float(config.label_gain), chk.value_checks_active())
+        if x.is_cpu:
+            chk.check_values(labels=labels, num_classes=n)
+        else:
+            chk.check_values(labels=labels, num_classes=n, energy=out[9], fmap=fmap,
+                             soft_targets=t if labels is None else None)
+        return MaskBatch(*out, seed_t)
     # Otherwise the three ops: arguments are checked once here, and every value check of the call
     # (labels, quality, finite energy) costs one host read together. The peaks come from our own
     # op, so they need no range check.

@@ -51,7 +51,8 @@ class BoxParams(NamedTuple):
     """The box parameters as the ops take them: ONE `box_params` list of floats, in this field
     order (csrc/anm_common.h's BoxParams reads the same order; the flags travel as 1.0 / 0.0).
     `ANMConfig.box_params()` packs it; the Python kernels (reference, Triton) read it back with
-    `BoxParams.unpack`, so a new box knob is a field here and in anm_common.h."""
+    `BoxParams.unpack`, so a new box knob is a field here and in anm_common.h (the flags come
+    last; tests/test_ops_registration.py checks that both name the same fields)."""
 
     area_lo: float
     area_hi: float

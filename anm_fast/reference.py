@@ -312,14 +312,15 @@ def erase_and_modulate_backward(grad_erased, grad_targets, targets, box_max, box
 def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, box_params, fill_value,
              label_gain: float, check_values: bool):
     """activation_peaks -> sample_boxes -> erase_and_modulate, with the outputs of
-    torch.ops.anm_fast.anm_mask (the seed handed back last). The value checks (`check_values`)
-    are the caller's."""
+    torch.ops.anm_fast.anm_mask (sample_ids None: the batch positions). The value checks
+    (`check_values`) are the caller's."""
     B, C, H, W = x.shape
+    if sample_ids is None:
+        sample_ids = torch.arange(B, device=x.device)
     peak_max, peak_min, energy = activation_peaks(fmap, H, W, band)
     boxes = sample_boxes(peak_max, peak_min, quality, sample_ids, seed, H, W, C, box_params,
                          fill_value)
     box_max, box_min, ratio, fill_max, fill_min = boxes
     erased, targets_out = erase_and_modulate(x, targets, box_max, box_min, fill_max, fill_min,
                                              ratio, label_gain)
-    seed_out = seed.reshape(()).to(device=x.device, dtype=torch.int64, copy=True)
-    return (erased, targets_out, *boxes, peak_max, peak_min, energy, seed_out)
+    return (erased, targets_out, *boxes, peak_max, peak_min, energy)

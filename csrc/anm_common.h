@@ -118,7 +118,11 @@ struct BoxParams {
   bool uniform_fill;   // fills drawn from U(0, 1) (else the op's fill_value)
 };
 
+// The list's length, its names (for messages), and where the flags begin (they come last).
 constexpr int kBoxParamCount = 7;
+constexpr const char* kBoxParamNames =
+    "area_lo, area_hi, quality_gain, aspect_lo, area_scale, center_anchor, uniform_fill";
+constexpr int kBoxParamFirstFlag = 5;
 
 // `v` holds kBoxParamCount values (the ops check the length on the host, op_checks.h).
 ANM_HD BoxParams unpack_box_params(const double* v) {

@@ -7,6 +7,9 @@
 
 #include "anm_common.h"
 
+#include <optional>
+#include <string>
+
 namespace anm_fast {
 
 // The erased batch (and grad_x) keeps a channels_last input channels_last; anything else gives a
@@ -32,18 +35,24 @@ inline int64_t cpu_seed_value(const at::Tensor& seed) {
   }
 }
 
+// Name i of kBoxParamNames.
+inline std::string box_param_name(int i) {
+  std::string names = kBoxParamNames;
+  size_t begin = 0;
+  for (int k = 0; k < i; ++k) begin = names.find(", ", begin) + 2;
+  return names.substr(begin, names.find(',', begin) - begin);
+}
+
 // The ops' `box_params` list unpacked (anm_common.h BoxParams), after checking its length and
 // flags: a list packed for another version of the parameters fails here, not in a kernel.
 inline BoxParams box_params_arg(const char* op, c10::ArrayRef<double> values) {
   TORCH_CHECK_VALUE(values.size() == static_cast<size_t>(kBoxParamCount), op,
                     ": box_params must hold ", kBoxParamCount,
-                    " values (area_lo, area_hi, quality_gain, aspect_lo, area_scale, "
-                    "center_anchor, uniform_fill; anm_fast.config.BoxParams), got ",
+                    " values (", kBoxParamNames, "; anm_fast.config.BoxParams), got ",
                     values.size());
-  for (int i : {5, 6})
-    TORCH_CHECK_VALUE(values[i] == 0.0 || values[i] == 1.0, op, ": box_params[", i,
-                      "] (", i == 5 ? "center_anchor" : "uniform_fill",
-                      ") must be 0 or 1, got ", values[i]);
+  for (int i = kBoxParamFirstFlag; i < kBoxParamCount; ++i)
+    TORCH_CHECK_VALUE(values[i] == 0.0 || values[i] == 1.0, op, ": box_params[", i, "] (",
+                      box_param_name(i), ") must be 0 or 1, got ", values[i]);
   return unpack_box_params(values.data());
 }
 
@@ -97,8 +106,9 @@ inline void check_erase_args(const at::Tensor& x, const at::Tensor& targets,
 // shares.
 inline void check_anm_mask_args(const at::Tensor& x, const at::Tensor& fmap,
                                 const at::Tensor& targets, const at::Tensor& quality,
-                                const at::Tensor& sample_ids, const at::Tensor& seed,
-                                bool uniform_fill, const at::Tensor& fill_value) {
+                                const std::optional<at::Tensor>& sample_ids,
+                                const at::Tensor& seed, bool uniform_fill,
+                                const at::Tensor& fill_value) {
   TORCH_CHECK(x.dim() == 4, "anm_mask: x must be (B, C, H, W), got ", x.sizes());
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(C > 0 && H > 0 && W > 0, "anm_mask: x has an empty dimension: ", x.sizes());
@@ -107,7 +117,7 @@ inline void check_anm_mask_args(const at::Tensor& x, const at::Tensor& fmap,
   TORCH_CHECK(targets.dim() == 2 && targets.size(0) == B && targets.size(1) >= 2,
               "anm_mask: targets must be (B, N) with N >= 2, got ", targets.sizes());
   TORCH_CHECK(quality.dim() == 1 && quality.size(0) == B, "anm_mask: quality must be (B,)");
-  TORCH_CHECK(sample_ids.dim() == 1 && sample_ids.size(0) == B,
+  TORCH_CHECK(!sample_ids.has_value() || (sample_ids->dim() == 1 && sample_ids->size(0) == B),
               "anm_mask: sample_ids must be (B,)");
   TORCH_CHECK(seed.numel() == 1, "anm_mask: seed must hold one integer");
   TORCH_CHECK(uniform_fill || fill_value.numel() == C,

@@ -21,16 +21,15 @@ constexpr const char* kEraseAndModulate =
     "Tensor fill_max, Tensor fill_min, Tensor ratio, float label_gain) -> "
     "(Tensor erased, Tensor targets_out)";
 // Stages 1-3 in one call (activation_peaks -> sample_boxes -> erase_and_modulate, the same
-// results), with the value checks of the Python API when check_values. seed_out is a 0-d int64
-// copy of the seed (the one MaskBatch hands back: made here, it costs the Python layer no tensor
-// creation of its own).
+// results). sample_ids None: the batch positions 0..B-1. check_values: the op raises ValueError
+// for values it cannot give a meaningful result for (quality outside [0, 1], a non-finite energy;
+// the CPU kernel also soft targets off the simplex and an energy that overflowed to zero).
 constexpr const char* kAnmMask =
-    "anm_mask(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor sample_ids, "
+    "anm_mask(Tensor x, Tensor fmap, Tensor targets, Tensor quality, Tensor? sample_ids, "
     "Tensor seed, float band, float[] box_params, Tensor fill_value, float label_gain, "
     "bool check_values) -> "
     "(Tensor erased, Tensor targets_out, Tensor box_max, Tensor box_min, Tensor ratio, "
-    "Tensor fill_max, Tensor fill_min, Tensor peak_max, Tensor peak_min, Tensor energy, "
-    "Tensor seed_out)";
+    "Tensor fill_max, Tensor fill_min, Tensor peak_max, Tensor peak_min, Tensor energy)";
 constexpr const char* kEraseAndModulateBackward =
     "erase_and_modulate_backward(Tensor grad_erased, Tensor grad_targets, Tensor targets, "
     "Tensor box_max, Tensor box_min, Tensor ratio, float label_gain) -> "

@@ -6,14 +6,11 @@
 #include <torch/library.h>
 
 #include "op_schemas.h"
-#include "python_entry.h"
 
 extern "C" {
-// Importing anm_fast._C runs the static registrations below; the module's one method is the
-// fused op's direct entry (python_entry.cpp).
+// Importing anm_fast._C runs the static registrations below.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
-                                          anm_fast::python_methods()};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }

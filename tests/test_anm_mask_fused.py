@@ -9,7 +9,7 @@ import torch
 
 import anm_fast
 from anm_fast import api, reference as R
-from anm_fast.config import ANMConfig
+from anm_fast.config import ANMConfig, BoxParams
 from anm_fast.testing import anm_mask_args, assert_peaks_match, relayout
 
 pytestmark = pytest.mark.skipif(not anm_fast.has_extension(),
@@ -29,7 +29,7 @@ def _three_ops(x, fmap, t, q, ids, seed, config):
     boxes = ops.sample_boxes(pmax, pmin, q, ids, a[5], H, W, C, *a[7:9])
     erased, t_out = ops.erase_and_modulate(x, t, boxes[0], boxes[1], boxes[3], boxes[4],
                                            boxes[2], a[9])
-    return (erased, t_out, *boxes, pmax, pmin, energy, a[5].clone())  # + the seed's copy
+    return (erased, t_out, *boxes, pmax, pmin, energy)
 
 
 def _inputs(B, C, H, W, K, h, w, dtype=torch.float32, fdtype=None, tdtype=None, N=7, seed=0):
@@ -46,7 +46,7 @@ def _inputs(B, C, H, W, K, h, w, dtype=torch.float32, fdtype=None, tdtype=None, 
 
 def _assert_identical(got, want):
     names = ("erased", "targets", "box_max", "box_min", "ratio", "fill_max", "fill_min",
-             "peak_max", "peak_min", "energy", "seed_out")
+             "peak_max", "peak_min", "energy")
     assert len(got) == len(want) == len(names)
     for name, a, b in zip(names, got, want):
         assert a.dtype == b.dtype and a.shape == b.shape, name
@@ -122,17 +122,16 @@ def test_fused_large_batch_against_the_reference():
 def test_empty_batch():
     x, fmap, t, q, ids = _inputs(0, 3, 8, 8, 4, 2, 2)
     out = ops.anm_mask(*_args(x, fmap, t, q, ids, 1, ANMConfig()))
-    assert out[0].shape == (0, 3, 8, 8) and out[9].shape == (0, 2, 2)
-    assert out[10].dtype == torch.int64 and out[10].shape == () and out[10].item() == 1
+    assert len(out) == 10 and out[0].shape == (0, 3, 8, 8) and out[9].shape == (0, 2, 2)
 
 
-def test_seed_out_is_a_copy():
-    x, fmap, t, q, ids = _inputs(3, 3, 8, 8, 4, 2, 2)
-    a = list(_args(x, fmap, t, q, ids, -7, ANMConfig()))
-    out = ops.anm_mask(*a)
-    assert out[10].item() == -7 and out[10].data_ptr() != a[5].data_ptr()
+def test_seed_of_one_element_and_no_sample_ids():
+    x, fmap, t, q, _ = _inputs(3, 3, 8, 8, 4, 2, 2)
+    a = list(_args(x, fmap, t, q, torch.arange(3), 2**62, ANMConfig()))
+    want = ops.anm_mask(*a)
     a[5] = torch.tensor([2**62], dtype=torch.int64)  # one element, 1-D
-    assert ops.anm_mask(*a)[10].item() == 2**62
+    a[4] = None  # the batch positions
+    _assert_identical(ops.anm_mask(*a), want)
 
 
 def test_opcheck_fused():
@@ -190,21 +189,12 @@ def test_api_takes_the_fused_op_also_with_gradients(monkeypatch):
             return getattr(torch.ops.anm_fast, name)
 
     monkeypatch.setattr(api, "ops", Spy())
-    from anm_fast import _ext
-    direct = _ext.direct_anm_mask()
-
-    def counted_direct(*args):
-        calls.append(1)
-        return direct(*args)
-
-    # the short path calls the op through the extension's direct entry
-    monkeypatch.setattr(_ext, "direct_anm_mask", lambda: counted_direct)
     plain = anm_fast.anm_mask(x, fmap, t, q, seed=4)
     assert calls == [1]
     xg = x.clone().requires_grad_(True)
     tg = t.clone().requires_grad_(True)
     graded = anm_fast.anm_mask(xg, fmap, tg, q, seed=4)
-    assert calls == [1, 1]  # x needs a gradient: the fused op, differentiable (general path)
+    assert calls == [1, 1]  # x needs a gradient: the fused op, differentiable
     g_e, g_t = torch.randn_like(graded.erased), torch.randn_like(graded.targets)
     torch.autograd.backward((graded.erased, graded.targets), (g_e, g_t))
     # the gradient of the three differentiable ops, bit for bit
@@ -214,7 +204,7 @@ def test_api_takes_the_fused_op_also_with_gradients(monkeypatch):
     assert torch.equal(xg.grad, xr.grad) and torch.equal(tg.grad, tr.grad)
     with torch.no_grad():
         anm_fast.anm_mask(xg, fmap, t, q, seed=4)
-    assert calls == [1, 1, 1]  # no gradient can flow: the short path again
+    assert calls == [1, 1, 1]  # no gradient can flow: the fused op as well
     for a, b in zip(plain, graded):
         assert torch.equal(a, b.detach())
 
@@ -230,58 +220,32 @@ def test_class_index_targets_take_the_fused_path_and_are_range_checked():
         _call_api(True, x, fmap, torch.tensor([0, 3, 10, 2]), q, seed=1, num_classes=10)
 
 
-# ------------------------------------------------------------------ the direct entry (_C.anm_mask)
-def test_direct_entry_equals_torch_ops():
-    from anm_fast import _ext
-    direct = _ext.direct_anm_mask()
-    assert direct is not None
-    x, fmap, t, q, ids = _inputs(9, 3, 16, 12, 8, 4, 3)
-    for cfg in CONFIGS.values():
-        a = _args(x, fmap, t, q, ids, 77, cfg)
-        got, want = direct(*a), ops.anm_mask(*a)
-        assert len(got) == len(want) == 11
-        for g, w in zip(got, want):
-            assert torch.equal(g, w)
-
-
-def test_direct_entry_errors():
-    from anm_fast import _ext
-    direct = _ext.direct_anm_mask()
+# --------------------------------------------------------------------------------- op arguments
+def test_op_argument_and_value_errors():
     x, fmap, t, q, ids = _inputs(3, 3, 8, 8, 4, 2, 2)
     a = list(_args(x, fmap, t, q, ids, 1, ANMConfig()))
-    with pytest.raises(TypeError, match="11 arguments"):
-        direct(*a[:-1])
-    bad = list(a)
-    bad[1] = fmap.numpy()
-    with pytest.raises(TypeError, match="fmap must be a Tensor"):
-        direct(*bad)
-    bad = list(a)
-    bad[7] = 1.0
-    with pytest.raises(TypeError, match="box_params must be a list of floats"):
-        direct(*bad)
     bad = list(a)
     bad[7] = a[7][:-1]  # a list packed for another layout: the op names the layout
-    for call in (direct, ops.anm_mask):
-        with pytest.raises(ValueError, match="box_params must hold 7 values"):
-            call(*bad)
+    with pytest.raises(ValueError, match=f"box_params must hold {len(BoxParams._fields)} values"):
+        ops.anm_mask(*bad)
     bad = list(a)
-    bad[6] = "0.1"
-    with pytest.raises(TypeError, match="band must be a float"):
-        direct(*bad)
-    bad = list(a)
-    bad[3] = torch.full_like(q, 2.0)  # the kernel's value check: the same error as torch.ops
-    with pytest.raises(ValueError, match=r"quality must lie in \[0, 1\]"):
-        direct(*bad)
+    bad[3] = torch.full_like(q, 2.0)
     with pytest.raises(ValueError, match=r"quality must lie in \[0, 1\]"):
         ops.anm_mask(*bad)
     bad = list(a)
+    bad[2] = t * 2  # rows summing to 2
+    with pytest.raises(ValueError, match="targets row 0 sums to 2; soft targets must be rows"):
+        ops.anm_mask(*bad)
+    bad[-1] = False  # value checks off: no error
+    ops.anm_mask(*bad)
+    bad = list(a)
     bad[1] = fmap[:2]
     with pytest.raises(RuntimeError, match="fmap has batch size"):
-        direct(*bad)
+        ops.anm_mask(*bad)
 
 
 def test_api_cpu_calls_are_seen_by_the_profiler_and_dispatch_modes():
-    # The API's short path goes through the dispatcher: profilers and dispatch modes see the op.
+    # The API calls the op through the dispatcher: profilers and dispatch modes see it.
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Names(TorchDispatchMode):

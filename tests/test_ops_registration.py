@@ -6,7 +6,8 @@ import torch
 import anm_fast
 from anm_fast import _ops
 from anm_fast import reference as R
-from anm_fast.config import ANMConfig
+from anm_fast import config
+from anm_fast.config import ANMConfig, BoxParams
 
 ops = torch.ops.anm_fast
 
@@ -29,6 +30,25 @@ def test_schemas_match_the_python_copy():
     for name in names:
         schema = str(getattr(ops, name).default._schema)
         assert schema == f"anm_fast::{name}{_ops.SCHEMAS[name]}"
+
+
+@pytest.mark.skipif(not anm_fast.has_extension(), reason="compares with the compiled kernels")
+def test_box_params_layout_is_the_same_in_python_and_cpp():
+    # the C++ check names the fields it reads, in order; BoxParams packs them in its field order
+    peaks = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError) as info:
+        ops.sample_boxes(peaks, peaks, torch.ones(1), torch.arange(1), torch.tensor(0), 8, 8, 3,
+                         [0.0], torch.zeros(3))
+    assert f"must hold {len(BoxParams._fields)} values ({', '.join(BoxParams._fields)};" \
+        in str(info.value)
+    flags = config._BOX_FLAGS  # the flags come last, in both
+    assert BoxParams._fields[-len(flags):] == flags
+    bad = ANMConfig().box_params()
+    bad[-len(flags)] = 0.5
+    with pytest.raises(ValueError, match=f"box_params\\[{len(bad) - len(flags)}\\] "
+                                         f"\\({flags[0]}\\) must be 0 or 1"):
+        ops.sample_boxes(peaks, peaks, torch.ones(1), torch.arange(1), torch.tensor(0), 8, 8, 3,
+                         bad, torch.zeros(3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -48,8 +48,8 @@ def _mask_params_kernel(f_ptr, fsB, fsK, fsH, fsW, K, h, w, H, W, C, band, raw_p
                         q_ptr, q_s0, id_ptr, id_s0, seed_ptr, key_lo, key_hi, fv_ptr, fv_s0,
                         t_ptr, ts0, ts1, t_out_ptr, N,
                         pmax_ptr, pmin_ptr, bmax_ptr, bmin_ptr, ratio_ptr, fmax_ptr, fmin_ptr,
-                        seed_out_ptr, label_gain_bits, lo_bits, hi_bits, gain_bits,
-                        aspect_bits, hi_aspect_bits, scale_bits,
+                        label_gain_bits, lo_bits, hi_bits, gain_bits, aspect_bits,
+                        hi_aspect_bits, scale_bits, HAS_IDS: tl.constexpr,
                         ACC64: tl.constexpr, CENTER: tl.constexpr, UNIFORM: tl.constexpr,
                         SEED_ON_HOST: tl.constexpr, OPM64: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -69,9 +69,10 @@ def _mask_params_kernel(f_ptr, fsB, fsK, fsH, fsW, K, h, w, H, W, C, band, raw_p
 
     # Stage 2: the box shape from the sample's stream, placed at both peaks; the fills.
     k0, k1 = seed_key(seed_ptr, key_lo, key_hi, SEED_ON_HOST)
-    if b == 0:  # the seed handed back with the batch, on the batch's device without a copy
-        tl.store(seed_out_ptr, (k1.to(tl.int64) << 32) | k0.to(tl.int64))
-    sid = tl.load(id_ptr + b * id_s0).to(tl.int64)
+    if HAS_IDS:
+        sid = tl.load(id_ptr + b * id_s0).to(tl.int64)
+    else:  # no ids given: the batch position
+        sid = b
     q = tl.load(q_ptr + b * q_s0).to(tl.float32)
     s, bh, bw = box_shape(k0, k1, sid, q, H, W, lo_bits, hi_bits, gain_bits, aspect_bits,
                           hi_aspect_bits, scale_bits)
@@ -115,7 +116,8 @@ def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, box_param
     if targets.dim() != 2 or targets.shape[0] != B or targets.shape[1] < 2:
         raise ValueError(f"anm_mask: targets must be (B, N) with N >= 2, got "
                          f"{tuple(targets.shape)}")
-    if tuple(quality.shape) != (B,) or tuple(sample_ids.shape) != (B,) or seed.numel() != 1:
+    if (tuple(quality.shape) != (B,) or seed.numel() != 1
+            or (sample_ids is not None and tuple(sample_ids.shape) != (B,))):
         raise ValueError("anm_mask: quality and sample_ids must be (B,), seed one integer")
     if not uniform_fill and fill_value.numel() != C:
         raise ValueError("anm_mask: fill_value must hold one value per channel")
@@ -133,24 +135,23 @@ def anm_mask(x, fmap, targets, quality, sample_ids, seed, band: float, box_param
     peak_min = torch.empty((B, 2), dtype=torch.int64, **opt)
     energy = torch.empty((B, h, w), dtype=torch.float32, **opt)
     seed, key_lo, key_hi, seed_on_host = seed_args(seed, device)
-    seed_out = torch.empty((), dtype=torch.int64, **opt)
     outs = (erased, t_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
-            energy, seed_out)
+            energy)
     if B == 0:
-        seed_out.fill_(int(seed.item()))  # nothing to launch; a host value only when B == 0
         return outs
     if H <= 0 or W <= 0 or C <= 0:
         raise ValueError(f"anm_mask: x must have a non-empty image, got {tuple(x.shape)}")
     # constant fills may come as a CPU tensor (the API keeps them there): moved once, then cached
     fv = fills_on(fill_value, device) if not uniform_fill else ratio  # unused when uniform
     N = targets.shape[1]
+    ids = ratio if sample_ids is None else sample_ids  # unused without ids
     with device_guard(x):
         _mask_params_kernel[(B,)](
             fmap, *fmap.stride(), K, h, w, H, W, C, float(band), raw_energy_buffer(energy, fmap),
-            energy, quality, quality.stride(0), sample_ids, sample_ids.stride(0), seed, key_lo,
+            energy, quality, quality.stride(0), ids, ids.stride(0), seed, key_lo,
             key_hi, fv, fv.stride(0), targets, *targets.stride(), t_out, N,
-            peak_max, peak_min, box_max, box_min, ratio, fill_max, fill_min, seed_out,
-            f64_bits(label_gain), **box_kernel_args(params),
+            peak_max, peak_min, box_max, box_min, ratio, fill_max, fill_min,
+            f64_bits(label_gain), **box_kernel_args(params), HAS_IDS=sample_ids is not None,
             ACC64=fmap.dtype == torch.float64, SEED_ON_HOST=seed_on_host,
             OPM64=opmath_is_f64(targets.dtype), **peak_blocks(h, w, H, W),
             BLOCK_C=min(next_pow2(C), 64), BLOCK_N=min(next_pow2(N), 1024), num_warps=4,

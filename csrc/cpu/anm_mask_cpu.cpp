@@ -3,8 +3,9 @@
 // written while that sample's data is still in cache. The per-sample steps are the same functions
 // the separate ops use (peaks_per_sample.h, anm_common.h, erase_per_sample.h), so the
 // results are bit-identical to activation_peaks -> sample_boxes -> erase_and_modulate.
-// The value checks of the Python API (quality in [0, 1], a finite energy) are made here too, so
-// a call costs one dispatch and no extra passes.
+// With check_values the op makes the value checks of the Python API's call here (soft targets,
+// quality, a finite energy that did not overflow to zero), with its messages: in the Python layer
+// they would cost a dozen small tensor ops per call, more than the rest of that layer together.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/EmptyTensor.h>
@@ -14,6 +15,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <limits>
+#include <optional>
+#include <string>
 
 #include "../op_checks.h"
 #include "../anm_common.h"
@@ -46,7 +51,7 @@ struct FusedArgs {
   BoxParams params;
   const float* fill_value;
   const float* quality;
-  const int64_t* ids;
+  const int64_t* ids;  // nullptr: the batch positions
   int64_t* box_max;
   int64_t* box_min;
   float* ratio;
@@ -90,7 +95,8 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
         if (!cpu::peaks_from_energy(plan, ws.e.data() + (b - b0) * P, ws, a.energy + b * P, pmax,
                                     pmin))
           ++bad;
-        a.ratio[b] = sample_box_and_fills(a.seed, a.ids[b], a.quality[b], H, W, C, a.params,
+        const int64_t id = a.ids != nullptr ? a.ids[b] : b;
+        a.ratio[b] = sample_box_and_fills(a.seed, id, a.quality[b], H, W, C, a.params,
                                           pmax, pmin, a.fill_value, a.box_max + 4 * b,
                                           a.box_min + 4 * b, a.fill_max + b * C,
                                           a.fill_min + b * C);
@@ -120,10 +126,72 @@ void check_quality_values(const float* q, int64_t B) {
   TORCH_CHECK_VALUE(!bad, "quality must lie in [0, 1], got values in [", lo, ", ", hi, "]");
 }
 
+const char* const kSoftTargets = "soft targets must be rows of non-negative values summing to 1";
+
+std::string format_g(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*g", digits, v);
+  return buf;
+}
+
+// The Python API's soft-targets check (anm_fast/_checks.py: _soft_summary, _soft_error), with its
+// messages: rows of finite, non-negative values whose sums lie within 1e-3 + 8 eps of 1.
+template <typename scalar_t>
+void check_soft_target_rows(const scalar_t* t, int64_t B, int64_t N, int64_t s0, int64_t s1,
+                            double tol) {
+  int64_t non_finite = -1, negative = -1, off_sum = -1;
+  for (int64_t b = 0; b < B && non_finite < 0; ++b) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const double v = static_cast<double>(t[b * s0 + n * s1]);
+      if (!std::isfinite(v)) non_finite = b;
+      if (v < 0.0 && negative < 0) negative = b;
+      sum += v;
+    }
+    if (off_sum < 0 && std::abs(sum - 1.0) > tol) off_sum = b;
+  }
+  TORCH_CHECK_VALUE(non_finite < 0, "targets holds NaN or Inf (row ", non_finite, "); ",
+                    kSoftTargets);
+  if (negative >= 0) {
+    double lo = 0.0;
+    for (int64_t n = 0; n < N; ++n) lo = std::min(lo, static_cast<double>(t[negative * s0 + n * s1]));
+    TORCH_CHECK_VALUE(false, "targets holds negative values (row ", negative, ": min ",
+                      format_g(lo, 4), "); ", kSoftTargets);
+  }
+  if (off_sum >= 0) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < N; ++n) sum += static_cast<double>(t[off_sum * s0 + n * s1]);
+    TORCH_CHECK_VALUE(false, "targets row ", off_sum, " sums to ", format_g(sum, 6), "; ",
+                      kSoftTargets);
+  }
+}
+
+// The Python API's check of an energy that overflowed to zero (anm_fast/_checks.py:
+// _energy_error): a sample whose normalised energy is all zero although its map is not.
+void check_energy_not_overflowed(const at::Tensor& fmap, const float* energy, int64_t B,
+                                 int64_t P) {
+  for (int64_t b = 0; b < B; ++b) {
+    float top = energy[b * P];
+    for (int64_t p = 1; p < P; ++p) top = std::max(top, energy[b * P + p]);
+    if (top > 0.f) continue;
+    const double peak = fmap.select(0, b).abs().max().item<double>();  // rare: all-zero energy
+    if (peak <= 0.0) continue;  // a map of zeros: zero energy indeed
+    const char* dtype = fmap.scalar_type() == at::kHalf       ? "float16"
+                        : fmap.scalar_type() == at::kBFloat16 ? "bfloat16"
+                        : fmap.scalar_type() == at::kDouble   ? "float64"
+                                                              : "float32";
+    TORCH_CHECK_VALUE(false, "fmap sample ", b, " has values up to ", format_g(peak, 3),
+                      ", too large for the activation energy (the sum of its squares overflows ",
+                      dtype, " arithmetic, so its peaks would all be (0, 0)); scale the feature "
+                      "map down");
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+           at::Tensor, at::Tensor, at::Tensor>
 anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targets,
-             const at::Tensor& quality_in, const at::Tensor& sample_ids_in, const at::Tensor& seed,
+             const at::Tensor& quality_in, const std::optional<at::Tensor>& sample_ids_in,
+             const at::Tensor& seed,
              double band, c10::ArrayRef<double> box_params, const at::Tensor& fill_value_in,
              double label_gain, bool check_values) {
   const BoxParams params = box_params_arg("anm_mask", box_params);
@@ -136,10 +204,19 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
   // are used as they are (as_contiguous): each dispatcher round trip costs microseconds when the
   // code runs cold, as it does right after a call that streamed the batch through the caches.
   const at::Tensor quality = as_contiguous(quality_in, at::kFloat);
-  const at::Tensor ids = as_contiguous(sample_ids_in, at::kLong);
+  const at::Tensor ids =
+      sample_ids_in.has_value() ? as_contiguous(*sample_ids_in, at::kLong) : at::Tensor();
   const at::Tensor fill_value = uniform_fill ? fill_value_in
                                              : as_contiguous(fill_value_in, at::kFloat);
-  if (check_values) check_quality_values(quality.const_data_ptr<float>(), B);
+  if (check_values) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, targets.scalar_type(),
+                                    "anm_mask_check_targets", [&] {
+      const double eps = static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
+      check_soft_target_rows<scalar_t>(targets.const_data_ptr<scalar_t>(), B, targets.size(1),
+                                       targets.stride(0), targets.stride(1), 1e-3 + 8 * eps);
+    });
+    check_quality_values(quality.const_data_ptr<float>(), B);
+  }
 
   auto long_opts = x.options().dtype(at::kLong);
   auto float_opts = x.options().dtype(at::kFloat);
@@ -155,11 +232,9 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
   at::Tensor peak_max = cpu_empty({B, 2}, long_opts), peak_min = cpu_empty({B, 2}, long_opts);
   at::Tensor energy = cpu_empty({B, fmap.size(2), fmap.size(3)}, float_opts);
   const int64_t seed_value = cpu_seed_value(seed);
-  at::Tensor seed_out = cpu_empty({}, long_opts);
-  *seed_out.data_ptr<int64_t>() = seed_value;
   if (B == 0)
     return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
-            energy, seed_out};
+            energy};
 
   LabelShift shift{nullptr, targets.const_data_ptr(), targets_out.data_ptr(), targets.stride(0),
                    targets.stride(1), targets.size(1), label_gain};
@@ -169,7 +244,7 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
                        params,
                        uniform_fill ? nullptr : fill_value.const_data_ptr<float>(),
                        quality.const_data_ptr<float>(),
-                       ids.const_data_ptr<int64_t>(),
+                       ids.defined() ? ids.const_data_ptr<int64_t>() : nullptr,
                        box_max.data_ptr<int64_t>(),
                        box_min.data_ptr<int64_t>(),
                        ratio.data_ptr<float>(),
@@ -187,12 +262,15 @@ anm_mask_cpu(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targ
       non_finite = fused_kernel<fmap_t, scalar_t>(fmap, x, erased, band, args);
     });
   });
-  TORCH_CHECK_VALUE(!check_values || non_finite == 0,
-                    "fmap contains non-finite values (NaN or Inf), or values whose squares "
-                    "overflow float32; the activation energy is undefined");
-
+  if (check_values) {
+    TORCH_CHECK_VALUE(non_finite == 0,
+                      "fmap contains non-finite values (NaN or Inf), or values whose squares "
+                      "overflow float32; the activation energy is undefined");
+    check_energy_not_overflowed(fmap, energy.const_data_ptr<float>(), B,
+                                fmap.size(2) * fmap.size(3));
+  }
   return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
-          energy, seed_out};
+          energy};
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <type_traits>
 
 #include "../anm_common.h"
@@ -60,12 +61,14 @@ __device__ __forceinline__ void erase_sample(const FusedShape& s, const x_t* __r
 template <typename fmap_t, typename x_t, typename acc_t>
 __global__ void __launch_bounds__(kPeakThreads) anm_mask_kernel(
     const fmap_t* __restrict__ fmap, const x_t* __restrict__ x,
-    const float* __restrict__ quality, const int64_t* __restrict__ ids, SeedArg seed_in,
+    const float* __restrict__ quality,
+    const int64_t* __restrict__ ids,  // nullptr: the batch positions
+    SeedArg seed_in,
     FillArg fills, ArgView targets, FusedShape s, FusedConfig cfg,
     acc_t* __restrict__ scratch, x_t* __restrict__ erased, ArgView targets_out,
     int64_t* __restrict__ box_max, int64_t* __restrict__ box_min, float* __restrict__ ratio,
     float* __restrict__ fill_max, float* __restrict__ fill_min, int64_t* __restrict__ peak_max,
-    int64_t* __restrict__ peak_min, float* __restrict__ energy, int64_t* __restrict__ seed_out,
+    int64_t* __restrict__ peak_min, float* __restrict__ energy,
     int* __restrict__ flags) {
   ANM_DYNAMIC_SHARED(unsigned char, smem_raw);
   __shared__ int64_t box[8];  // y0, x0, height, width of the max box, then of the min box
@@ -90,7 +93,6 @@ __global__ void __launch_bounds__(kPeakThreads) anm_mask_kernel(
     int64_t* pmin = peak_min + 2 * b;
     write_peaks(ihi, ilo, static_cast<int>(W), pmax, pmin);
     const int64_t seed = seed_in.get();
-    if (b == 0) *seed_out = seed;
     const float q = quality[b];
     if (flags != nullptr) {
       int bad = 0;
@@ -100,7 +102,8 @@ __global__ void __launch_bounds__(kPeakThreads) anm_mask_kernel(
         if (!isfinite(energy[b * P + p])) bad |= kEnergyNotFinite;
       if (bad) atomicOr(flags, bad);
     }
-    const float r = sample_box_and_fills(seed, ids[b], q, H, W, C, cfg.box, pmax, pmin,
+    const float r = sample_box_and_fills(seed, ids != nullptr ? ids[b] : b, q, H, W, C, cfg.box,
+                                         pmax, pmin,
                                          fill_value, box_max + 4 * b, box_min + 4 * b,
                                          fill_max + b * C, fill_min + b * C);
     ratio[b] = r;
@@ -130,9 +133,9 @@ __global__ void __launch_bounds__(kPeakThreads) anm_mask_kernel(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+           at::Tensor, at::Tensor, at::Tensor>
 anm_mask_cuda(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& targets,
-              const at::Tensor& quality_in, const at::Tensor& sample_ids_in,
+              const at::Tensor& quality_in, const std::optional<at::Tensor>& sample_ids_in,
               const at::Tensor& seed, double band, c10::ArrayRef<double> box_params,
               const at::Tensor& fill_value_in, double label_gain, bool check_values) {
   const BoxParams params = box_params_arg("anm_mask", box_params);
@@ -141,8 +144,8 @@ anm_mask_cuda(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& tar
                       fill_value_in);
   TORCH_CHECK(on_kernel_device(x), "anm_mask (CUDA): x must be a CUDA tensor");
   const char* op = "anm_mask";
-  check_same_device(op, x, {{fmap, "fmap"}, {targets, "targets"}, {quality_in, "quality"},
-                            {sample_ids_in, "sample_ids"}});
+  check_same_device(op, x, {{fmap, "fmap"}, {targets, "targets"}, {quality_in, "quality"}});
+  if (sample_ids_in.has_value()) check_same_device(op, x, *sample_ids_in, "sample_ids");
   DeviceGuard guard(x.device());
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t K = fmap.size(1), h = fmap.size(2), w = fmap.size(3), N = targets.size(1);
@@ -151,7 +154,8 @@ anm_mask_cuda(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& tar
                     "anm_mask (CUDA): image or feature map too large (more than 2^31 elements)");
 
   const at::Tensor quality = as_contiguous(quality_in, at::kFloat);
-  const at::Tensor ids = as_contiguous(sample_ids_in, at::kLong);
+  const at::Tensor ids =
+      sample_ids_in.has_value() ? as_contiguous(*sample_ids_in, at::kLong) : at::Tensor();
   at::Tensor seed_dev, fill_value;
   const SeedArg seed_in = seed_arg(op, x, seed, seed_dev);
   const FillArg fills = fill_arg(fill_value_in, uniform_fill, C, x.device(), fill_value);
@@ -166,13 +170,9 @@ anm_mask_cuda(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& tar
   at::Tensor fill_max = at::empty({B, C}, float_opts), fill_min = at::empty({B, C}, float_opts);
   at::Tensor peak_max = at::empty({B, 2}, long_opts), peak_min = at::empty({B, 2}, long_opts);
   at::Tensor energy = at::empty({B, h, w}, float_opts);
-  at::Tensor seed_out = at::empty({}, long_opts);
-  if (B == 0) {
-    if (seed_in.ptr != nullptr) seed_out.copy_(seed_dev.reshape({}));
-    else seed_out.fill_(seed_in.value);
+  if (B == 0)
     return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
-            energy, seed_out};
-  }
+            energy};
 
   const bool f64 = fmap.scalar_type() == at::kDouble;
   FusedConfig cfg{params, static_cast<float>(band), label_gain,
@@ -199,13 +199,13 @@ anm_mask_cuda(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& tar
       ANM_LAUNCH(B, kPeakThreads, cfg.plan.bytes, stream,
                  anm_mask_kernel<fmap_t, scalar_t, acc_t>)(
           fmap.const_data_ptr<fmap_t>(), x.const_data_ptr<scalar_t>(),
-          quality.const_data_ptr<float>(), ids.const_data_ptr<int64_t>(), seed_in, fills, t.view,
+          quality.const_data_ptr<float>(),
+          ids.defined() ? ids.const_data_ptr<int64_t>() : nullptr, seed_in, fills, t.view,
           shape, cfg, cfg.plan.map_in_smem ? nullptr : scratch.data_ptr<acc_t>(),
           erased.data_ptr<scalar_t>(), t_out, box_max.data_ptr<int64_t>(),
           box_min.data_ptr<int64_t>(), ratio.data_ptr<float>(), fill_max.data_ptr<float>(),
           fill_min.data_ptr<float>(), peak_max.data_ptr<int64_t>(), peak_min.data_ptr<int64_t>(),
-          energy.data_ptr<float>(), seed_out.data_ptr<int64_t>(),
-          check_values ? flags.data_ptr<int>() : nullptr);
+          energy.data_ptr<float>(), check_values ? flags.data_ptr<int>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -223,7 +223,7 @@ anm_mask_cuda(const at::Tensor& x, const at::Tensor& fmap, const at::Tensor& tar
                       "overflow float32; the activation energy is undefined");
   }
   return {erased, targets_out, box_max, box_min, ratio, fill_max, fill_min, peak_max, peak_min,
-          energy, seed_out};
+          energy};
 }
 
 }  // namespace

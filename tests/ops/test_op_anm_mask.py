@@ -9,7 +9,7 @@ from anm_fast import reference as R
 from anm_fast.testing import TOLERANCES, anm_mask_args, aten_calls, relayout
 
 NAMES = ("erased", "targets", "box_max", "box_min", "ratio", "fill_max", "fill_min", "peak_max",
-         "peak_min", "energy", "seed")
+         "peak_min", "energy")
 
 CASES = [  # B, C, H, W, K, h, w, N, dtype, layout, uniform, anchor
     (5, 3, 32, 32, 8, 4, 4, 10, torch.float32, "contiguous", True, True),
@@ -63,13 +63,22 @@ def test_matches_the_three_reference_ops(backend, case):
 
 
 @pytest.mark.parametrize("seed", [0, -1, 2**63 - 1, -(2**63), 2**32])
-def test_seeds_and_the_seed_handed_back(backend, seed):
+def test_seeds(backend, seed):
     if not backend.has("anm_mask"):
         pytest.skip(f"{backend.name} has no anm_mask")
     args = list(mask_args(2, 3, 8, 8, 4, 2, 2, 3, torch.float32, "contiguous", seed=seed))
     out = backend("anm_mask", *args)
-    assert out[-1].shape == () and out[-1].dtype == torch.int64 and out[-1].item() == seed
     assert_same_outputs(out, R.anm_mask(*args), torch.float32)
+
+
+def test_no_sample_ids_are_the_batch_positions(backend):
+    if not backend.has("anm_mask"):
+        pytest.skip(f"{backend.name} has no anm_mask")
+    args = list(mask_args(5, 3, 8, 8, 4, 2, 2, 3, torch.float32, "contiguous", seed=3))
+    args[4] = None
+    want = list(args)
+    want[4] = torch.arange(5)
+    assert_same_outputs(backend("anm_mask", *args), R.anm_mask(*want), torch.float32)
 
 
 def test_empty_batch(backend):
@@ -79,7 +88,7 @@ def test_empty_batch(backend):
             for i, a in enumerate(mask_args(2, 3, 8, 8, 4, 2, 2, 3, torch.float32,
                                             "contiguous", seed=7))]
     out = backend("anm_mask", *args)
-    assert out[0].shape == (0, 3, 8, 8) and out[9].shape == (0, 2, 2) and out[-1].item() == 7
+    assert out[0].shape == (0, 3, 8, 8) and out[9].shape == (0, 2, 2)
 
 
 # ----------------------------------------------------------- configs, dtype mixes, many samples

@@ -119,8 +119,8 @@ def test_strided_and_narrow_inputs(backend):
 
 def test_box_params_of_another_layout_are_a_clear_error(backend):
     args = list(sample_boxes_args(3, 8, 8, 3))
-    for bad, message in ((args[8][:-1], "box_params must hold 7 values"),
-                         (args[8] + [0.0], "box_params must hold 7 values"),
+    for bad, message in ((args[8][:-1], f"box_params must hold {len(BoxParams._fields)} values"),
+                         (args[8] + [0.0], f"box_params must hold {len(BoxParams._fields)} values"),
                          (args[8][:5] + [0.5, 1.0], "center_anchor.* must be 0 or 1")):
         with pytest.raises(ValueError, match=message):
             backend("sample_boxes", *args[:8], bad, args[9])
