@@ -297,10 +297,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"anm-train: error: torch.distributed: {e}", file=sys.stderr)
         return 2
+    finished = False
     try:
-        return _main(args)
+        code = _main(args)
+        finished = True
+        return code
     finally:
-        dist.shutdown()
+        dist.shutdown(finished)
 
 
 def _main(args: argparse.Namespace) -> int:

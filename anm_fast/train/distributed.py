@@ -65,8 +65,14 @@ def init(device_name: Optional[str] = None) -> Optional[torch.device]:
     return device
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group. After a finished run every rank waits for the others first: a
+    rank that tears its gloo connections down while a peer still works at the run's end (rank 0
+    writes the results) was seen to abort at exit ("terminate called without an active
+    exception"). After an error no rank waits (torchrun stops the others)."""
     if td.is_available() and td.is_initialized():
+        if finished:
+            barrier()
         td.destroy_process_group()
 
 
