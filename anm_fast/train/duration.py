@@ -79,8 +79,10 @@ class Pace:
 
     def epoch_done(self, epoch: int, seconds: float) -> None:
         phase = self.method.passes(epoch)
+        if epoch + 1 >= self.epochs or (self.warned and phase in self._phases_seen):
+            return  # nothing left to say: no line for this phase, no second warning
         passes = self.method.iterations(epoch) * phase
-        if passes <= 0 or epoch + 1 >= self.epochs:
+        if passes <= 0:
             return
         self.pass_seconds = seconds / passes
         left = passes_left(self.method, epoch + 1, self.epochs) * self.pass_seconds
