@@ -131,7 +131,8 @@ def emulation_extension():
 
 def extensions():
     emulated = [] if _flag("ANM_FAST_SKIP_EMULATION") else [emulation_extension()]
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") +
+                     glob.glob("csrc/autograd/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     cxx = ["-O3", "-ffp-contract=off"]  # the C++ standard is the one torch asks for
     link = []

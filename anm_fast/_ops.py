@@ -130,20 +130,4 @@ torch.library.register_autograd("anm_fast::erase_and_modulate", _erase_backward,
                                 setup_context=_erase_setup_context)
 
 
-if _ext.has_extension():
-    # The fused op's gradient is the erase op's (the one-pass erase backward): peaks, boxes and
-    # fills are not differentiable; x and targets are.
-    def _anm_mask_setup_context(ctx, inputs, output):
-        x, targets, label_gain = inputs[0], inputs[2], inputs[9]
-        box_max, box_min, ratio = output[2], output[3], output[4]
-        ctx.save_for_backward(targets, box_max, box_min, ratio)
-        ctx.label_gain = label_gain
-        ctx.x_shape = x.shape
-        ctx.x_dtype = x.dtype
-
-    def _anm_mask_backward(ctx, grad_erased, grad_targets, *_unused):
-        grad_x, grad_t = _erase_backward(ctx, grad_erased, grad_targets)[:2]
-        return (grad_x, None, grad_t) + (None,) * 8
-
-    torch.library.register_autograd("anm_fast::anm_mask", _anm_mask_backward,
-                                    setup_context=_anm_mask_setup_context)
+# The fused op's gradient (anm_mask) is registered in C++: csrc/autograd/anm_mask_autograd.cpp.

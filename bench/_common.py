@@ -12,12 +12,18 @@ Every benchmark names its shape, dtype, device and implementation in its id and 
               map once + write the two erased copies); the copy benchmark of the same shape
               moves exactly these bytes.
 
+Every timed call reads data that is not in the caches: a benchmark makes as many copies of its
+inputs as fill COLD_BYTES and calls them in turn (`cold_copies`, `in_turn`), so a shape whose
+bytes fit the last-level cache (CIFAR B=512 moves about 30 MB; a 32 MB L3 or a GPU's 50 MB L2
+holds that) is timed at memory speed like every other, the copy baseline included.
+
 ANM_BENCH_SMOKE=1 replaces every shape by a tiny one and keeps rounds low (CI smoke runs).
 Nothing here asserts on timing.
 """
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -118,6 +124,26 @@ def make_inputs(s: Shape, device: str, dtype: torch.dtype) -> Inputs:
     targets = torch.nn.functional.one_hot(labels, s.N).to(torch.float32)
     quality = torch.rand(s.B, generator=g).to(device)
     return Inputs(x, fmap, targets, labels, quality)
+
+
+# Bytes of distinct data the timed calls cycle through: more than any CPU's last-level cache or
+# GPU's L2 of today (the same amount triton.testing.do_bench writes to flush the L2).
+COLD_BYTES = 256 << 20
+
+
+def cold_copies(make: Callable, bytes_per_copy: int) -> list:
+    """`make()` called as many times as `bytes_per_copy` goes into COLD_BYTES (at least once; twice
+    in smoke runs, which only check that the benchmarks run)."""
+    n = 2 if SMOKE else max(1, -(-COLD_BYTES // max(bytes_per_copy, 1)))
+    return [make() for _ in range(n)]
+
+
+def in_turn(fns: List[Callable]) -> Callable:
+    """One callable that calls fns[0], fns[1], ... in turn, one per call."""
+    if len(fns) == 1:
+        return fns[0]
+    it = itertools.cycle(fns)
+    return lambda: next(it)()
 
 
 def sync_wrap(fn: Callable, device: str) -> Callable:

@@ -11,8 +11,8 @@ import torch
 
 import anm_fast
 from anm_fast import reference as R
-from _common import (CFG, DTYPES, compiled, device_dtype_params, make_inputs, record, rounds,
-                     shape_params, sync_wrap, use_backend, x_bytes)
+from _common import (CFG, DTYPES, cold_copies, compiled, device_dtype_params, in_turn,
+                     make_inputs, record, rounds, shape_params, sync_wrap, use_backend, x_bytes)
 
 IMPLS = ["eager", "compile", "fused", "fused-triton", "fused-cuda"]
 
@@ -48,9 +48,10 @@ def _run(benchmark, fn, impl, device):
             anm_fast.set_backend("auto")
 
 
-def _callable(impl, device, compile_key, reference_fn, op_name, args):
+def _callable(impl, device, compile_key, reference_fn, op_name, arg_sets):
     """What `impl` times: the eager reference, its torch.compile, or the registered op (on the
-    backend `impl` names)."""
+    backend `impl` names), called on each set of arguments in turn (bench/_common.py: cold
+    inputs)."""
     _select(impl, device)
     if impl == "eager":
         fn = reference_fn
@@ -58,7 +59,7 @@ def _callable(impl, device, compile_key, reference_fn, op_name, args):
         fn = compiled(compile_key, reference_fn)
     else:
         fn = getattr(torch.ops.anm_fast, op_name)
-    return sync_wrap(lambda: fn(*args), device)
+    return sync_wrap(in_turn([lambda args=args: fn(*args) for args in arg_sets]), device)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -70,9 +71,10 @@ def test_erase_fwd(benchmark, device, dtype_name, shape, impl):
     dtype = DTYPES[dtype_name]
     inp = make_inputs(shape, device, dtype)
     bmax, bmin, ratio, fmax, fmin = _boxes(inp, shape, device)
-    args = (inp.x, inp.targets, bmax, bmin, fmax, fmin, ratio, CFG.label_gain)
+    arg_sets = cold_copies(lambda: (inp.x.clone(), inp.targets, bmax, bmin, fmax, fmin, ratio,
+                                    CFG.label_gain), 3 * x_bytes(shape, dtype))
     fn = _callable(impl, device, f"erase-{device}-{dtype}-{shape.name}", R.erase_and_modulate,
-                   "erase_and_modulate", args)
+                   "erase_and_modulate", arg_sets)
     record(benchmark, op="erase_fwd", impl=impl, dtype=dtype_name, device=device,
            bytes=3 * x_bytes(shape, dtype) + 2 * inp.targets.numel() * 4, **shape.info())
     _run(benchmark, fn, impl, device)
@@ -89,9 +91,10 @@ def test_erase_bwd(benchmark, device, dtype_name, shape, impl):
     bmax, bmin, ratio, _, _ = _boxes(inp, shape, device)
     g = torch.randn(2 * shape.B, shape.C, shape.H, shape.W, device=device).to(dtype)
     gt = torch.randn_like(inp.targets)
-    args = (g, gt, inp.targets, bmax, bmin, ratio, CFG.label_gain)
+    arg_sets = cold_copies(lambda: (g.clone(), gt, inp.targets, bmax, bmin, ratio,
+                                    CFG.label_gain), 3 * x_bytes(shape, dtype))
     fn = _callable(impl, device, f"erase-bwd-{device}-{dtype}-{shape.name}",
-                   R.erase_and_modulate_backward, "erase_and_modulate_backward", args)
+                   R.erase_and_modulate_backward, "erase_and_modulate_backward", arg_sets)
     record(benchmark, op="erase_bwd", impl=impl, dtype=dtype_name, device=device,
            bytes=3 * x_bytes(shape, dtype) + 3 * inp.targets.numel() * 4, **shape.info())
     _run(benchmark, fn, impl, device)

@@ -8,7 +8,8 @@ small JSON file (bench/results.json is the committed one; the raw JSON is not co
 Several JSON files given together become one run (say, the op benchmarks and the training step
 measured one after the other under the same conditions). A run already in the file under that
 name is replaced; other runs stay. Kept per timing: what was timed (op, impl, device, dtype,
-shape, model), its median in seconds and the bytes it must move; per run: the conditions
+shape, model), its median in seconds, the bytes it must move and a ratio the benchmark measured
+itself (if any); per run: the conditions
 RESULTS.md prints (date, machine, timer, threads, load, commit).
 """
 from __future__ import annotations
@@ -18,7 +19,9 @@ import json
 import os
 from typing import Dict, List
 
-COLUMNS = ["op", "impl", "device", "dtype", "shape", "model", "median_s", "bytes"]
+# ratio: only where the benchmark measured one itself (floor_ratio: fused / copy in interleaved
+# pairs), else null
+COLUMNS = ["op", "impl", "device", "dtype", "shape", "model", "median_s", "bytes", "ratio"]
 
 
 def _machine(meta: dict) -> str:
@@ -63,7 +66,7 @@ def summarize(paths: List[str], title: str) -> dict:
                             or None,
         "shapes": shapes,
         "timings": [[e.get("op"), e.get("impl"), e.get("device"), e.get("dtype"), e.get("shape"),
-                     e.get("model"), b["stats"]["median"], e.get("bytes")]
+                     e.get("model"), b["stats"]["median"], e.get("bytes"), e.get("ratio")]
                     for b, e in zip(benches, extras)],
     }
     return run

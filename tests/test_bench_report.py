@@ -128,3 +128,19 @@ def test_rendering_writes_only_where_it_is_told(tmp_path):
     assert "old" not in goals.read_text()
     assert sorted(os.listdir(package)) == before
     assert sorted(os.listdir(tmp_path)) == ["R.md", "goals.md"]
+
+
+def test_floor_figure_is_the_interleaved_pairs_ratio_where_measured(tmp_path):
+    """The memory-floor figure is the ratio floor_ratio measured in interleaved pairs, not the
+    ratio of the two medians, when the run has it."""
+    def cpu(op, impl, median, **extra):
+        e, m = _gpu_bench(op, impl, median, dtype="fp32")
+        return ({**e, "device": "cpu", **extra}, m)
+
+    benches = [cpu("anm_mask", "fused", 3.0), cpu("copy", "clone", 2.0, bytes=1000)]
+    medians_only = report.figures_table(_summary_of(tmp_path, benches))
+    assert "| anm_mask time / memory-floor copy | cpu fp32 cifar-B512 | 1.50x |" in medians_only
+    runs = _summary_of(tmp_path, benches + [cpu("floor_ratio", "fused", 5.0, ratio=1.25)])
+    assert "| anm_mask time / memory-floor copy | cpu fp32 cifar-B512 | 1.25x |" in \
+        report.figures_table(runs)
+    assert "interleaved pairs (median of the pairs' ratios): 1.25x" in report.render_results(runs)

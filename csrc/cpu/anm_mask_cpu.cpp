@@ -1,8 +1,11 @@
-// Stages 1-3 fused on the CPU: one pass over the batch in which each sample's feature map is
-// reduced to its peaks, its boxes and fills are drawn, and both erased copies of its image are
-// written while that sample's data is still in cache. The per-sample steps are the same functions
-// the separate ops use (peaks_per_sample.h, anm_common.h, erase_per_sample.h), so the
-// results are bit-identical to activation_peaks -> sample_boxes -> erase_and_modulate.
+// Stages 1-3 fused on the CPU: one parallel pass over the batch. Each thread takes a range of
+// samples, reduces their feature maps to peaks, draws their boxes and fills and shifts their
+// labels, then writes both erased copies of their images. The two parts share no large data (a
+// sample's boxes are a few numbers), so each runs as one long stream through memory: alternating
+// between the feature maps and the images every few samples reads memory more slowly. The
+// per-sample steps are the same functions the separate ops use (peaks_per_sample.h,
+// anm_common.h, erase_per_sample.h), so the results are bit-identical to activation_peaks ->
+// sample_boxes -> erase_and_modulate.
 // With check_values the op makes the value checks of the Python API's call here (soft targets,
 // quality, a finite energy that did not overflow to zero), with its messages: in the Python layer
 // they would cost a dozen small tensor ops per call, more than the rest of that layer together.
@@ -86,7 +89,7 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
     int64_t bad = 0;
     for (int64_t b0 = begin; b0 < end; b0 += cpu::kEnergyGroup) {
       // A few samples' energies at once (summed side by side, see vector_kernels.h), then each
-      // sample's peaks, boxes and erased copies.
+      // sample's peaks, boxes and label shift.
       const int64_t G = std::min(cpu::kEnergyGroup, end - b0);
       cpu::group_energy<fmap_t>(fptr + b0 * fB, G, fB, K, fK, fH, fW, h, w, ws.e.data());
       for (int64_t b = b0; b < b0 + G; ++b) {
@@ -100,13 +103,13 @@ int64_t fused_kernel(const at::Tensor& fmap, const at::Tensor& x, at::Tensor& er
                                           pmax, pmin, a.fill_value, a.box_max + 4 * b,
                                           a.box_min + 4 * b, a.fill_max + b * C,
                                           a.fill_min + b * C);
-        cpu::erase_sample<x_t>(layout, xptr, optr, b, cpu::read_box(a.box_max, b),
-                               cpu::read_box(a.box_min, b), a.fill_max + b * C,
-                               a.fill_min + b * C);
         const LabelShift& ls = a.shift;
         ls.row(ls.targets, ls.s0, ls.s1, ls.N, b, a.ratio[b], ls.label_gain, ls.out);
       }
     }
+    for (int64_t b = begin; b < end; ++b)
+      cpu::erase_sample<x_t>(layout, xptr, optr, b, cpu::read_box(a.box_max, b),
+                             cpu::read_box(a.box_min, b), a.fill_max + b * C, a.fill_min + b * C);
     if (bad) non_finite += bad;
   });
   return non_finite.load();
