@@ -26,8 +26,7 @@ import torch
 import anm_fast
 from _common import (CFG, HAS_CUDA, anm_bytes, cold_copies, compiled, device_dtype_params,
                      eager_anm, floor_bytes, fused_ops_anm, in_turn, make_inputs, optional,
-                     record, rounds,
-                     shape_params, sync_wrap, use_backend, DTYPES, SMOKE)
+                     record, rounds, shape_params, sync_wrap, use_backend, DTYPES, SMOKE)
 import released
 
 IMPLS = ["released", "eager", "compile", "fused", "fused-nochecks", "fused-ops", "fused-triton",
@@ -75,6 +74,12 @@ def _build(impl, inp, s, device):
     raise AssertionError(impl)
 
 
+def _cold_impl(impl, shape, device, dtype):
+    """`impl` on cold inputs: one copy of the inputs per call in turn (bench/_common.py)."""
+    inputs = cold_copies(lambda: make_inputs(shape, device, dtype), anm_bytes(shape, dtype))
+    return sync_wrap(in_turn([_build(impl, inp, shape, device) for inp in inputs]), device)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape", shape_params())
 @pytest.mark.parametrize("device,dtype_name", device_dtype_params())
@@ -82,8 +87,7 @@ def test_anm_mask(benchmark, device, dtype_name, shape, impl):
     if impl in ("fused-triton", "fused-cuda") and device != "cuda":
         pytest.skip("GPU backends run on CUDA tensors only")
     dtype = DTYPES[dtype_name]
-    inputs = cold_copies(lambda: make_inputs(shape, device, dtype), anm_bytes(shape, dtype))
-    fn = sync_wrap(in_turn([_build(impl, inp, shape, device) for inp in inputs]), device)
+    fn = _cold_impl(impl, shape, device, dtype)
     record(benchmark, op="anm_mask", impl=impl, dtype=dtype_name, device=device,
            bytes=anm_bytes(shape, dtype), floor_bytes=floor_bytes(shape, dtype),
            resizer=released.RESIZER if impl == "released" else None, **shape.info())
@@ -130,8 +134,7 @@ def _cold_copy(shape, device, dtype):
 @pytest.mark.parametrize("device,dtype_name", device_dtype_params())
 def test_floor_ratio(benchmark, device, dtype_name, shape):
     dtype = DTYPES[dtype_name]
-    inputs = cold_copies(lambda: make_inputs(shape, device, dtype), anm_bytes(shape, dtype))
-    fused = sync_wrap(in_turn([_build("fused", inp, shape, device) for inp in inputs]), device)
+    fused = _cold_impl("fused", shape, device, dtype)
     copy = _cold_copy(shape, device, dtype)
     ratios = []
 
