@@ -175,3 +175,19 @@ def test_slice_weights_make_uneven_slices_weigh_like_one_process(monkeypatch):
     for step, batch in enumerate(single):
         averaged = sum(w * values[i].mean() for i, w in (per_rank[r][step] for r in range(2))) / 2
         torch.testing.assert_close(averaged, values[batch].mean(), rtol=1e-14, atol=0)
+
+
+def test_exit_process_flushes_output_and_skips_finalization():
+    """A torchrun-launched anm-train ends through exit_process: what it printed reaches the pipe
+    (block-buffered there) and the interpreter is not finalized (no atexit handler runs), so no
+    C++ thread can touch Python while it is being torn down."""
+    code = ("import atexit, sys\n"
+            "from anm_fast.train.distributed import exit_process\n"
+            "atexit.register(print, 'finalized')\n"
+            "print('results', end='')\n"
+            "sys.stderr.write('message')\n"
+            "exit_process(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert r.stdout == "results"
+    assert r.stderr == "message"

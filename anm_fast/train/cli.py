@@ -301,9 +301,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         code = _main(args)
         finished = True
-        return code
     finally:
         dist.shutdown(finished)
+    if args.program and dist.launched():
+        dist.exit_process(code)  # torchrun: no interpreter finalization (see exit_process)
+    return code
 
 
 def _main(args: argparse.Namespace) -> int:

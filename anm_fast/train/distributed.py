@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from typing import Iterable, List, Optional
 
 import torch
@@ -66,14 +67,29 @@ def init(device_name: Optional[str] = None) -> Optional[torch.device]:
 
 
 def shutdown(finished: bool = False) -> None:
-    """Leave the process group. After a finished run every rank waits for the others first: a
-    rank that tears its gloo connections down while a peer still works at the run's end (rank 0
-    writes the results) was seen to abort at exit ("terminate called without an active
-    exception"). After an error no rank waits (torchrun stops the others)."""
+    """Leave the process group. After a finished run every rank waits for the others first, so
+    that no rank tears its gloo connections down while a peer still works at the run's end (rank 0
+    writes the results). After an error no rank waits (torchrun stops the others)."""
     if td.is_available() and td.is_initialized():
         if finished:
             barrier()
         td.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End a torchrun-launched process with `code` without finalizing the interpreter.
+
+    Gloo's worker threads (and autograd's) can still drop tensors that hold Python objects after
+    destroy_process_group has returned; one that does so while the interpreter is being torn down
+    aborts the process ("terminate called without an active exception", exit -6) after a run that
+    finished and wrote everything: pytorch/pytorch#190489. Skipping the finalization closes that
+    window. Nothing is lost: every file the trainer writes is closed (and renamed into place) by
+    then, it registers no atexit handler and starts no worker processes; stdout and stderr are
+    flushed here."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os._exit(code)
 
 
 def world() -> int:
