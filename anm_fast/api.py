@@ -76,8 +76,6 @@ def _seed_tensor(seed, device) -> torch.Tensor:
         if seed.device.type != "cpu" and seed.device != torch.device(device):
             raise ValueError(f"seed is on {seed.device} but the batch is on {device}: pass it on "
                              f"the CPU or on the batch's device")
-        if seed.dim() == 0 and seed.dtype == torch.int64:
-            return seed
         return seed.reshape(()).to(torch.int64)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, an integer tensor or None, got {type(seed).__name__}")
